@@ -1,0 +1,19 @@
+{
+  "targets": [
+    {
+      "target_name": "socket_proxyd",
+      "sources": [
+        "native/addon.cc",
+        "native/engine.cc",
+        "native/forwarder.cc",
+        "native/net.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fexceptions"],
+      "cflags_cc!": ["-fexceptions", "-std=gnu++17", "-std=gnu++20"],
+      "cflags_cc": ["-std=c++17", "-fno-exceptions", "-Wall", "-Wextra", "-fvisibility=hidden"],
+      "ldflags": ["-pthread"]
+    }
+  ]
+}

@@ -1,0 +1,237 @@
+#include "engine.h"
+
+#include <new>
+#include <utility>
+#include <vector>
+
+#include "net.h"
+
+namespace proxyd {
+namespace {
+
+static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t) && std::atomic<uint64_t>::is_always_lock_free,
+              "counters must be plain 64-bit words for the BigUint64Array view");
+
+enum EventKind { kActivityEvent = 0, kLogEvent = 1 };
+
+struct Event {
+  EventKind kind;
+  int level;
+  std::string message;
+};
+
+void DeliverEvent(Napi::Env env, Napi::Function callback, Event* event) {
+  if (env != nullptr && callback != nullptr) {
+    callback.Call({Napi::Number::New(env, event->kind), Napi::Number::New(env, event->level),
+                   Napi::String::New(env, event->message)});
+  }
+  delete event;
+}
+
+bool ThrowType(Napi::Env env, const std::string& message) {
+  Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
+  return false;
+}
+
+// Reads an optional non-negative integer option within [min, max].
+bool ReadInt(Napi::Object options, const char* name, double min, double max, double* out) {
+  Napi::Value value = options.Get(name);
+  if (value.IsUndefined()) return true;
+  double number = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1;
+  if (!value.IsNumber() || number != static_cast<double>(static_cast<int64_t>(number)) || number < min ||
+      number > max) {
+    return ThrowType(options.Env(), std::string("option ") + name + " must be an integer from " +
+                                        std::to_string(static_cast<int64_t>(min)) + " to " +
+                                        std::to_string(static_cast<int64_t>(max)));
+  }
+  *out = number;
+  return true;
+}
+
+bool ReadEndpoints(Napi::Value value, std::vector<Endpoint>* out) {
+  if (!value.IsArray()) return ThrowType(value.Env(), "targets must be an array of {host, port} or {path}");
+  Napi::Array array = value.As<Napi::Array>();
+  for (uint32_t i = 0; i < array.Length(); ++i) {
+    Endpoint endpoint;
+    if (!EndpointFromJs(array.Get(i), &endpoint)) return false;
+    out->push_back(std::move(endpoint));
+  }
+  return true;
+}
+
+}  // namespace
+
+void Engine::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = DefineClass(env, "Engine",
+                                    {
+                                        InstanceMethod<&Engine::Start>("start"),
+                                        InstanceMethod<&Engine::SetTargets>("setTargets"),
+                                        InstanceMethod<&Engine::SetMaxConnections>("setMaxConnections"),
+                                        InstanceMethod<&Engine::SetLogLevel>("setLogLevel"),
+                                        InstanceMethod<&Engine::StopAccepting>("stopAccepting"),
+                                        InstanceMethod<&Engine::Ping>("ping"),
+                                        InstanceMethod<&Engine::Close>("close"),
+                                        InstanceMethod<&Engine::Ref>("ref"),
+                                        InstanceMethod<&Engine::Unref>("unref"),
+                                    });
+  exports.Set("Engine", ctor);
+
+  Napi::Object counters = Napi::Object::New(env);
+  counters.Set("active", static_cast<double>(kActive));
+  counters.Set("accepted", static_cast<double>(kAccepted));
+  counters.Set("refused", static_cast<double>(kRefused));
+  counters.Set("upstreamFailed", static_cast<double>(kUpstreamFailed));
+  counters.Set("bytesToUpstream", static_cast<double>(kBytesToUpstream));
+  counters.Set("bytesToClient", static_cast<double>(kBytesToClient));
+  counters.Set("pipesInUse", static_cast<double>(kPipesInUse));
+  counters.Set("pipesPooled", static_cast<double>(kPipesPooled));
+  counters.Set("firstWorkerPing", static_cast<double>(kCounterCount));
+  exports.Set("COUNTERS", counters);
+}
+
+// new Engine({listeners, targets, maxConnections?, workers?, connectTimeoutMs?,
+//             pipeSize?, logLevel?})
+Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) {
+    ThrowType(env, "new Engine(options): options must be an object");
+    return;
+  }
+  Napi::Object options = info[0].As<Napi::Object>();
+  ForwarderConfig config;
+
+  Napi::Value listeners = options.Get("listeners");
+  if (!listeners.IsArray()) {
+    ThrowType(env, "option listeners must be an array of file descriptors");
+    return;
+  }
+  Napi::Array listener_array = listeners.As<Napi::Array>();
+  for (uint32_t i = 0; i < listener_array.Length(); ++i) {
+    Napi::Value fd = listener_array.Get(i);
+    if (!fd.IsNumber() || fd.As<Napi::Number>().Int32Value() < 0) {
+      ThrowType(env, "option listeners must be an array of file descriptors");
+      return;
+    }
+    config.listeners.push_back(fd.As<Napi::Number>().Int32Value());
+  }
+  if (!ReadEndpoints(options.Get("targets"), &config.targets)) return;
+
+  double max_connections = config.max_connections, workers = config.workers,
+         timeout = config.connect_timeout_ms, pipe_size = static_cast<double>(config.pipe_size),
+         log_level = config.log_level;
+  if (!ReadInt(options, "maxConnections", 0, 4294967295.0, &max_connections) ||
+      !ReadInt(options, "workers", 1, 256, &workers) ||
+      !ReadInt(options, "connectTimeoutMs", 1, 2147483647.0, &timeout) ||
+      !ReadInt(options, "pipeSize", 4096, 1 << 30, &pipe_size) || !ReadInt(options, "logLevel", 0, 7, &log_level)) {
+    return;
+  }
+  config.max_connections = static_cast<uint32_t>(max_connections);
+  config.workers = static_cast<unsigned>(workers);
+  config.connect_timeout_ms = static_cast<int>(timeout);
+  config.pipe_size = static_cast<size_t>(pipe_size);
+  config.log_level = static_cast<int>(log_level);
+
+  Napi::BigUint64Array counters = Napi::BigUint64Array::New(env, kCounterCount + config.workers);
+  counters_ = reinterpret_cast<std::atomic<uint64_t>*>(counters.Data());
+  for (size_t i = 0; i < counters.ElementLength(); ++i) new (&counters_[i]) std::atomic<uint64_t>(0);
+  counters_ref_ = Napi::Reference<Napi::BigUint64Array>::New(counters, 1);
+  info.This().As<Napi::Object>().Set("counters", counters);
+
+  forwarder_ = std::make_unique<Forwarder>(std::move(config), counters_, this);
+}
+
+Engine::~Engine() { Shutdown(); }
+
+void Engine::Shutdown() {
+  if (closed_) return;
+  closed_ = true;
+  if (forwarder_) forwarder_->Stop();  // joins the workers: nothing calls back after this
+  if (started_) events_.Release();
+}
+
+void Engine::OnActivityChanged() {
+  auto* event = new Event{kActivityEvent, 0, std::string()};
+  if (events_.NonBlockingCall(event, DeliverEvent) != napi_ok) delete event;
+}
+
+void Engine::OnLog(int level, std::string message) {
+  auto* event = new Event{kLogEvent, level, std::move(message)};
+  if (events_.NonBlockingCall(event, DeliverEvent) != napi_ok) delete event;
+}
+
+// start(onEvent(kind, level, message))
+Napi::Value Engine::Start(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (started_ || closed_) {
+    Napi::Error::New(env, "engine already started").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (!info[0].IsFunction()) {
+    ThrowType(env, "start(onEvent): onEvent must be a function");
+    return env.Undefined();
+  }
+  // Unlimited queue: a worker never blocks on the JS thread.
+  events_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "socket-proxyd", 0, 1);
+  started_ = true;
+  std::string error = forwarder_->Start();
+  if (!error.empty()) {
+    Shutdown();
+    Napi::Error::New(env, error).ThrowAsJavaScriptException();
+  }
+  return env.Undefined();
+}
+
+Napi::Value Engine::SetTargets(const Napi::CallbackInfo& info) {
+  std::vector<Endpoint> targets;
+  if (ReadEndpoints(info[0], &targets)) forwarder_->SetTargets(std::move(targets));
+  return info.Env().Undefined();
+}
+
+Napi::Value Engine::SetMaxConnections(const Napi::CallbackInfo& info) {
+  double limit = 0;
+  Napi::Object wrapper = Napi::Object::New(info.Env());
+  wrapper.Set("maxConnections", info[0]);
+  if (ReadInt(wrapper, "maxConnections", 0, 4294967295.0, &limit)) {
+    forwarder_->SetMaxConnections(static_cast<uint32_t>(limit));
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value Engine::SetLogLevel(const Napi::CallbackInfo& info) {
+  double level = 0;
+  Napi::Object wrapper = Napi::Object::New(info.Env());
+  wrapper.Set("logLevel", info[0]);
+  if (ReadInt(wrapper, "logLevel", 0, 7, &level)) forwarder_->SetLogLevel(static_cast<int>(level));
+  return info.Env().Undefined();
+}
+
+Napi::Value Engine::StopAccepting(const Napi::CallbackInfo& info) {
+  if (!closed_) forwarder_->StopAccepting();
+  return info.Env().Undefined();
+}
+
+Napi::Value Engine::Ping(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) {
+    ThrowType(info.Env(), "ping(seq): seq must be a number");
+    return info.Env().Undefined();
+  }
+  if (started_ && !closed_) forwarder_->Ping(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));
+  return info.Env().Undefined();
+}
+
+Napi::Value Engine::Close(const Napi::CallbackInfo& info) {
+  Shutdown();
+  return info.Env().Undefined();
+}
+
+Napi::Value Engine::Ref(const Napi::CallbackInfo& info) {
+  if (started_ && !closed_) events_.Ref(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value Engine::Unref(const Napi::CallbackInfo& info) {
+  if (started_ && !closed_) events_.Unref(info.Env());
+  return info.Env().Undefined();
+}
+
+}  // namespace proxyd

@@ -1,0 +1,834 @@
+// The data path. Each worker thread runs one epoll loop; every connection is a
+// client socket, an upstream socket and, per direction, a pipe that exists only
+// while bytes are in flight. Bytes move socket -> pipe -> socket with splice(2),
+// so they never enter user space.
+//
+// Epoll is edge-triggered and each socket is registered once: readiness is
+// remembered in Side::readable / Side::writable and cleared only when a
+// syscall answers EAGAIN, so the steady state needs no epoll_ctl at all.
+#include "forwarder.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <utility>
+
+namespace proxyd {
+namespace {
+
+constexpr int kMaxEvents = 256;
+constexpr int kAcceptBatch = 64;
+constexpr int kAcceptBackoffMs = 100;
+constexpr size_t kMaxSparePipes = 64;
+// Bytes one direction may move before other connections get their turn.
+constexpr size_t kTurnBudget = 4u << 20;
+constexpr int kUpstreamFailureLogIntervalMs = 1000;
+constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+
+int64_t NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
+}
+
+std::string ErrnoText(int err) {
+  char buf[128];
+  return strerror_r(err, buf, sizeof buf);  // GNU variant: returns the text
+}
+
+int SocketError(int fd) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
+  return err;
+}
+
+bool IsInet(int family) { return family == AF_INET || family == AF_INET6; }
+
+// A minimal intrusive doubly-linked list, so a connection can leave any list
+// it is on in O(1) when it closes.
+struct Connection;
+struct Link {
+  Link* prev = this;
+  Link* next = this;
+  Connection* owner = nullptr;
+
+  bool linked() const { return next != this; }
+  void Unlink() {
+    prev->next = next;
+    next->prev = prev;
+    prev = next = this;
+  }
+  void AppendTo(Link* head) {
+    prev = head->prev;
+    next = head;
+    head->prev->next = this;
+    head->prev = this;
+  }
+};
+
+// What an epoll event's data.ptr points at.
+struct Watch {
+  enum Kind : uint8_t { kWake, kListener, kSide } kind;
+  explicit Watch(Kind k) : kind(k) {}
+};
+
+struct ListenerWatch : Watch {
+  int fd;
+  explicit ListenerWatch(int listen_fd) : Watch(kListener), fd(listen_fd) {}
+};
+
+// One socket of a connection and what epoll last told us about it.
+struct Side : Watch {
+  Connection* conn;
+  const char* name;
+  int fd = -1;
+  bool readable = false;
+  bool writable = false;
+  Side(Connection* c, const char* n) : Watch(kSide), conn(c), name(n) {}
+};
+
+struct Pipe {
+  int read_end = -1;
+  int write_end = -1;
+  size_t capacity = 0;
+  size_t bytes = 0;  // in the pipe now
+  bool open() const { return read_end >= 0; }
+};
+
+// One direction of a connection: from -> pipe -> to.
+struct Direction {
+  Side* from;
+  Side* to;
+  Counter counter;
+  Pipe pipe;
+  bool eof = false;   // `from` ended its stream
+  bool done = false;  // ...and that end reached `to` as shutdown(SHUT_WR)
+  Direction(Side* f, Side* t, Counter c) : from(f), to(t), counter(c) {}
+};
+
+struct Connection {
+  Side client{this, "client"};
+  Side upstream{this, "upstream"};
+  Direction to_upstream{&client, &upstream, kBytesToUpstream};
+  Direction to_client{&upstream, &client, kBytesToClient};
+  std::shared_ptr<const std::vector<Endpoint>> targets;
+  size_t next_target = 0;
+  int64_t connect_deadline = 0;
+  bool connected = false;
+  bool closed = false;
+  Link all;         // every open connection of the worker
+  Link connecting;  // waiting for connect(), ordered by deadline
+  Link ready;       // ran out of budget with work left
+
+  Connection() { all.owner = connecting.owner = ready.owner = this; }
+};
+
+enum class ShovelResult { kIdle, kYield, kFailed };
+
+}  // namespace
+
+class Worker {
+ public:
+  Worker(Forwarder* owner, unsigned index) : owner_(owner), index_(index) {}
+  ~Worker();
+
+  std::string Init();
+  std::string StartThread();
+  void Wake();
+  void Join();
+
+ private:
+  static void* ThreadMain(void* self);
+  void Run();
+  int NextTimeoutMs(int64_t now) const;
+  void HandleEvent(Watch* watch, uint32_t events);
+  void OnWake();
+  void OnSideEvent(Side* side, uint32_t events);
+
+  void OnListenerReadable(int listen_fd);
+  void PauseAccepting(int err);
+  bool AddListeners();
+  void DropListeners();
+
+  void ConnectNext(Connection* c, int last_error);
+  void OnConnectResult(Connection* c, uint32_t events);
+  void ExpireConnects(int64_t now);
+  void LogUpstreamFailure(const Connection* c, int err);
+
+  void Pump(Connection* c);
+  ShovelResult Shovel(Connection* c, Direction& d);
+  void RunReadyQueue();
+  void Fail(Connection* c, const char* what, const Side* side, int err);
+  void Close(Connection* c);
+  void CloseAll();
+
+  bool AcquirePipe(Pipe* p);
+  void ReleasePipe(Pipe* p);
+  void DestroyPipe(Pipe* p, Counter counter);
+
+  void Log(int level, std::string message) { owner_->Log(level, std::move(message)); }
+
+  Forwarder* owner_;
+  unsigned index_;
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;
+  pthread_t thread_{};
+  bool thread_started_ = false;
+
+  Watch wake_watch_{Watch::kWake};
+  std::vector<std::unique_ptr<ListenerWatch>> listeners_;
+  bool listening_ = false;
+  bool acked_stop_accepting_ = false;
+  int64_t resume_accept_at_ = 0;  // 0: not paused
+
+  Link all_;
+  Link connecting_;
+  Link ready_;
+  std::vector<Connection*> graveyard_;  // freed after the event batch
+  std::vector<Pipe> spare_pipes_;
+
+  int64_t last_failure_log_ = 0;
+  uint64_t suppressed_failures_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// Worker lifecycle
+
+Worker::~Worker() {
+  for (Pipe& p : spare_pipes_) DestroyPipe(&p, kPipesPooled);
+  if (wake_fd_ >= 0) close(wake_fd_);
+  if (epoll_fd_ >= 0) close(epoll_fd_);
+}
+
+std::string Worker::Init() {
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) return "epoll_create1: " + ErrnoText(errno);
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) return "eventfd: " + ErrnoText(errno);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = &wake_watch_;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return "epoll_ctl: " + ErrnoText(errno);
+  for (int fd : owner_->config_.listeners) listeners_.push_back(std::make_unique<ListenerWatch>(fd));
+  if (!AddListeners()) return "epoll_ctl(listener): " + ErrnoText(errno);
+  return "";
+}
+
+std::string Worker::StartThread() {
+  // Signals belong to the JS thread; workers never take them.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  int err = pthread_create(&thread_, nullptr, &Worker::ThreadMain, this);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (err != 0) return "pthread_create: " + ErrnoText(err);
+  thread_started_ = true;
+  return "";
+}
+
+void Worker::Wake() {
+  if (wake_fd_ < 0) return;
+  uint64_t one = 1;
+  // EAGAIN means the counter is already non-zero: the worker will wake anyway.
+  if (write(wake_fd_, &one, sizeof one) < 0 && errno != EAGAIN) {
+    Log(kLogError, "eventfd write: " + ErrnoText(errno));
+  }
+}
+
+void Worker::Join() {
+  if (!thread_started_) return;
+  pthread_join(thread_, nullptr);
+  thread_started_ = false;
+}
+
+void* Worker::ThreadMain(void* self) {
+  static_cast<Worker*>(self)->Run();
+  return nullptr;
+}
+
+void Worker::Run() {
+  epoll_event events[kMaxEvents];
+  while (!owner_->stopping_.load(std::memory_order_acquire)) {
+    int n = epoll_wait(epoll_fd_, events, kMaxEvents, NextTimeoutMs(NowMs()));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      Log(kLogError, "epoll_wait: " + ErrnoText(errno));
+      break;
+    }
+    for (int i = 0; i < n; ++i) HandleEvent(static_cast<Watch*>(events[i].data.ptr), events[i].events);
+    RunReadyQueue();
+    int64_t now = NowMs();
+    ExpireConnects(now);
+    if (resume_accept_at_ != 0 && now >= resume_accept_at_) {
+      resume_accept_at_ = 0;
+      if (owner_->accepting_.load(std::memory_order_acquire)) AddListeners();
+    }
+    for (Connection* c : graveyard_) delete c;
+    graveyard_.clear();
+  }
+  CloseAll();
+  // A worker that leaves its loop must not leave StopAccepting waiting.
+  if (!acked_stop_accepting_) {
+    acked_stop_accepting_ = true;
+    std::lock_guard<std::mutex> lock(owner_->ack_mutex_);
+    ++owner_->listeners_dropped_;
+    owner_->ack_cv_.notify_all();
+  }
+}
+
+int Worker::NextTimeoutMs(int64_t now) const {
+  if (ready_.linked()) return 0;
+  int64_t deadline = -1;
+  if (connecting_.linked()) deadline = connecting_.next->owner->connect_deadline;
+  if (resume_accept_at_ != 0 && (deadline < 0 || resume_accept_at_ < deadline)) deadline = resume_accept_at_;
+  if (deadline < 0) return -1;
+  return deadline <= now ? 0 : static_cast<int>(deadline - now);
+}
+
+void Worker::HandleEvent(Watch* watch, uint32_t events) {
+  switch (watch->kind) {
+    case Watch::kWake:
+      OnWake();
+      break;
+    case Watch::kListener:
+      OnListenerReadable(static_cast<ListenerWatch*>(watch)->fd);
+      break;
+    case Watch::kSide:
+      OnSideEvent(static_cast<Side*>(watch), events);
+      break;
+  }
+}
+
+void Worker::OnWake() {
+  uint64_t value;
+  if (read(wake_fd_, &value, sizeof value) < 0 && errno != EAGAIN) {
+    Log(kLogError, "eventfd read: " + ErrnoText(errno));
+  }
+  owner_->counters_[kCounterCount + index_].store(owner_->ping_seq_.load(std::memory_order_acquire),
+                                                  std::memory_order_release);
+  if (!owner_->accepting_.load(std::memory_order_acquire) && !acked_stop_accepting_) {
+    DropListeners();
+    resume_accept_at_ = 0;
+    acked_stop_accepting_ = true;
+    std::lock_guard<std::mutex> lock(owner_->ack_mutex_);
+    ++owner_->listeners_dropped_;
+    owner_->ack_cv_.notify_all();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Accepting
+
+bool Worker::AddListeners() {
+  for (auto& l : listeners_) {
+    epoll_event ev{};
+    // EPOLLEXCLUSIVE: a new client wakes one worker, not all of them.
+    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    ev.data.ptr = l.get();
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, l->fd, &ev) < 0 && errno != EEXIST) {
+      Log(kLogError, "epoll_ctl(ADD listener): " + ErrnoText(errno));
+      return false;
+    }
+  }
+  listening_ = true;
+  return true;
+}
+
+void Worker::DropListeners() {
+  if (!listening_) return;
+  for (auto& l : listeners_) {
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, l->fd, nullptr) < 0 && errno != ENOENT) {
+      Log(kLogError, "epoll_ctl(DEL listener): " + ErrnoText(errno));
+    }
+  }
+  listening_ = false;
+}
+
+void Worker::PauseAccepting(int err) {
+  // Out of fds (or kernel memory): the client stays in the backlog. Retrying at
+  // once would spin, so stop listening for a moment and try again.
+  DropListeners();
+  resume_accept_at_ = NowMs() + kAcceptBackoffMs;
+  if (!owner_->accept_failing_.exchange(true)) {
+    Log(kLogWarning, "Failed to accept connection, pausing for " + std::to_string(kAcceptBackoffMs) +
+                         " ms at a time until it works again: " + ErrnoText(err));
+  }
+}
+
+void Worker::OnListenerReadable(int listen_fd) {
+  if (!listening_) return;  // dropped earlier in this batch
+  for (int i = 0; i < kAcceptBatch; ++i) {
+    sockaddr_storage peer;
+    socklen_t peer_len = sizeof peer;
+    int fd = accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      switch (errno) {
+        case EAGAIN:
+          return;
+        case EINTR:
+        case ECONNABORTED:
+        case EPROTO:
+        case EPERM:  // refused by a firewall rule
+        case ENETDOWN:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case EOPNOTSUPP:
+        case ENETUNREACH:
+          continue;  // that client is gone; the next one may be fine
+        default:
+          PauseAccepting(errno);
+          return;
+      }
+    }
+    if (owner_->accept_failing_.exchange(false)) Log(kLogInfo, "Accepting connections again.");
+    if (!owner_->AdmitConnection()) {
+      close(fd);
+      continue;
+    }
+    auto* c = new Connection();
+    c->client.fd = fd;
+    c->all.AppendTo(&all_);
+    if (IsInet(peer.ss_family)) {
+      int one = 1;
+      if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
+        Fail(c, "setsockopt(TCP_NODELAY)", &c->client, errno);
+        continue;
+      }
+    }
+    epoll_event ev{};
+    ev.events = kSocketEvents;
+    ev.data.ptr = &c->client;
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      Fail(c, "epoll_ctl(ADD client)", &c->client, errno);
+      continue;
+    }
+    c->targets = owner_->targets();
+    ConnectNext(c, EDESTADDRREQ);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Connecting upstream: each address in turn, each bounded by the timeout.
+
+void Worker::ConnectNext(Connection* c, int last_error) {
+  const std::vector<Endpoint>& targets = *c->targets;
+  while (c->next_target < targets.size()) {
+    const Endpoint& target = targets[c->next_target++];
+    int fd = socket(target.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      last_error = errno;
+      continue;
+    }
+    int one = 1;
+    if (IsInet(target.addr.ss_family) && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
+      last_error = errno;
+      close(fd);
+      continue;
+    }
+    // A connect that completes at once (UNIX sockets) is reported by the
+    // EPOLLOUT that registration raises, like one that completes later.
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&target.addr), target.len) < 0 && errno != EINPROGRESS) {
+      last_error = errno;
+      close(fd);
+      continue;
+    }
+    epoll_event ev{};
+    ev.events = kSocketEvents;
+    ev.data.ptr = &c->upstream;
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      last_error = errno;
+      close(fd);
+      continue;
+    }
+    c->upstream.fd = fd;
+    c->connect_deadline = NowMs() + owner_->config_.connect_timeout_ms;
+    c->connecting.AppendTo(&connecting_);
+    return;
+  }
+  owner_->Count(kUpstreamFailed, 1);
+  LogUpstreamFailure(c, last_error);
+  Close(c);
+}
+
+void Worker::OnConnectResult(Connection* c, uint32_t events) {
+  if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+  int err = SocketError(c->upstream.fd);
+  if (err == 0 && !(events & EPOLLOUT)) err = ECONNREFUSED;
+  c->connecting.Unlink();
+  if (err != 0) {
+    close(c->upstream.fd);
+    c->upstream.fd = -1;
+    ConnectNext(c, err);
+    return;
+  }
+  c->connected = true;
+  c->targets.reset();
+  c->upstream.writable = true;
+  c->upstream.readable = true;  // data may have come with the handshake
+  Pump(c);
+}
+
+void Worker::ExpireConnects(int64_t now) {
+  while (connecting_.linked()) {
+    Connection* c = connecting_.next->owner;
+    if (c->connect_deadline > now) break;
+    c->connecting.Unlink();
+    close(c->upstream.fd);
+    c->upstream.fd = -1;
+    ConnectNext(c, ETIMEDOUT);
+  }
+}
+
+void Worker::LogUpstreamFailure(const Connection* c, int err) {
+  if (!owner_->ShouldLog(kLogWarning)) return;
+  int64_t now = NowMs();
+  // A dead upstream fails every client: say so once a second, not per client.
+  if (last_failure_log_ != 0 && now - last_failure_log_ < kUpstreamFailureLogIntervalMs) {
+    ++suppressed_failures_;
+    return;
+  }
+  std::string message = "Failed to connect to ";
+  const std::vector<Endpoint>& targets = *c->targets;
+  if (targets.empty()) {
+    message += "upstream: no address to connect to";
+  } else {
+    message += targets.back().text;
+    if (targets.size() > 1) message += " (and " + std::to_string(targets.size() - 1) + " other addresses)";
+    message += ": " + ErrnoText(err);
+  }
+  if (suppressed_failures_ != 0) {
+    message += " (" + std::to_string(suppressed_failures_) + " more failures since the last message)";
+  }
+  last_failure_log_ = now;
+  suppressed_failures_ = 0;
+  Log(kLogWarning, std::move(message));
+}
+
+// ---------------------------------------------------------------------------
+// Forwarding
+
+void Worker::OnSideEvent(Side* side, uint32_t events) {
+  Connection* c = side->conn;
+  if (c->closed) return;
+  if (side == &c->upstream && !c->connected) {
+    OnConnectResult(c, events);
+    return;
+  }
+  if (events & EPOLLERR) {
+    // A reset (or other error) on either side ends the whole connection.
+    int err = SocketError(side->fd);
+    if (err != 0) {
+      Fail(c, "socket error", side, err);
+      return;
+    }
+  }
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) side->readable = true;
+  if (events & (EPOLLOUT | EPOLLHUP)) side->writable = true;
+  if (c->connected) Pump(c);
+}
+
+void Worker::Pump(Connection* c) {
+  ShovelResult up = Shovel(c, c->to_upstream);
+  if (up == ShovelResult::kFailed) return;
+  ShovelResult down = Shovel(c, c->to_client);
+  if (down == ShovelResult::kFailed) return;
+  if (c->to_upstream.done && c->to_client.done) {
+    Close(c);
+  } else if ((up == ShovelResult::kYield || down == ShovelResult::kYield) && !c->ready.linked()) {
+    c->ready.AppendTo(&ready_);
+  }
+}
+
+// Moves bytes in one direction until both ends would block, the direction is
+// finished, or its turn's budget is spent. Never takes more from `from` than
+// the pipe holds, so a slow reader bounds what the proxy buffers.
+ShovelResult Worker::Shovel(Connection* c, Direction& d) {
+  size_t moved = 0;
+  while (!d.done) {
+    bool progress = false;
+    Pipe& pipe = d.pipe;
+
+    if (!d.eof && d.from->readable && (!pipe.open() || pipe.bytes < pipe.capacity)) {
+      if (!pipe.open() && !AcquirePipe(&pipe)) {
+        Fail(c, "pipe", d.from, errno);
+        return ShovelResult::kFailed;
+      }
+      ssize_t n = splice(d.from->fd, nullptr, pipe.write_end, nullptr, pipe.capacity - pipe.bytes,
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        pipe.bytes += static_cast<size_t>(n);
+        progress = true;
+      } else if (n == 0) {
+        d.eof = true;
+        progress = true;
+      } else if (errno == EAGAIN) {
+        // With bytes in the pipe, EAGAIN may mean the pipe ran out of slots
+        // rather than the socket of data: keep `readable` and drain first.
+        if (pipe.bytes == 0) d.from->readable = false;
+      } else if (errno != EINTR) {
+        Fail(c, "splice from", d.from, errno);
+        return ShovelResult::kFailed;
+      }
+    }
+
+    if (pipe.open() && pipe.bytes > 0 && d.to->writable) {
+      ssize_t n = splice(pipe.read_end, nullptr, d.to->fd, nullptr, pipe.bytes, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        pipe.bytes -= static_cast<size_t>(n);
+        moved += static_cast<size_t>(n);
+        owner_->Count(d.counter, static_cast<uint64_t>(n));
+        progress = true;
+      } else if (n < 0 && errno == EAGAIN) {
+        d.to->writable = false;
+      } else if (n < 0 && errno == EINTR) {
+        progress = true;
+      } else {
+        Fail(c, "splice to", d.to, n == 0 ? EPIPE : errno);
+        return ShovelResult::kFailed;
+      }
+    }
+
+    if (pipe.open() && pipe.bytes == 0) ReleasePipe(&pipe);
+
+    if (d.eof && !pipe.open()) {
+      // Everything before the end has been delivered: pass the end on and let
+      // the other direction carry on (half-close).
+      if (shutdown(d.to->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+        Fail(c, "shutdown", d.to, errno);
+        return ShovelResult::kFailed;
+      }
+      d.done = true;
+      break;
+    }
+    if (!progress) break;
+    if (moved >= kTurnBudget) return ShovelResult::kYield;
+  }
+  return ShovelResult::kIdle;
+}
+
+void Worker::RunReadyQueue() {
+  if (!ready_.linked()) return;
+  // Take the current queue; connections that yield again go to the next round.
+  Link batch;
+  batch.next = ready_.next;
+  batch.prev = ready_.prev;
+  batch.next->prev = &batch;
+  batch.prev->next = &batch;
+  ready_.next = ready_.prev = &ready_;
+  while (batch.linked()) {
+    Connection* c = batch.next->owner;
+    c->ready.Unlink();
+    Pump(c);
+  }
+}
+
+void Worker::Fail(Connection* c, const char* what, const Side* side, int err) {
+  if (owner_->ShouldLog(kLogDebug)) {
+    Log(kLogDebug, std::string("Closing connection: ") + what + " " + side->name + ": " + ErrnoText(err));
+  }
+  Close(c);
+}
+
+void Worker::Close(Connection* c) {
+  if (c->closed) return;
+  c->closed = true;
+  c->all.Unlink();
+  c->connecting.Unlink();
+  c->ready.Unlink();
+  for (Side* side : {&c->client, &c->upstream}) {
+    if (side->fd >= 0) close(side->fd);  // also leaves the epoll set
+    side->fd = -1;
+  }
+  for (Direction* d : {&c->to_upstream, &c->to_client}) {
+    if (!d->pipe.open()) continue;
+    // A pipe with bytes left in it cannot serve another connection.
+    if (d->pipe.bytes == 0) {
+      ReleasePipe(&d->pipe);
+    } else {
+      DestroyPipe(&d->pipe, kPipesInUse);
+    }
+  }
+  owner_->ReleaseConnection();
+  // Events for this connection may still be in the current batch.
+  graveyard_.push_back(c);
+}
+
+void Worker::CloseAll() {
+  while (all_.linked()) Close(all_.next->owner);
+  for (Connection* c : graveyard_) delete c;
+  graveyard_.clear();
+}
+
+// ---------------------------------------------------------------------------
+// Pipes: pooled per worker, so an idle connection holds none.
+
+bool Worker::AcquirePipe(Pipe* p) {
+  if (!spare_pipes_.empty()) {
+    *p = spare_pipes_.back();
+    spare_pipes_.pop_back();
+    owner_->counters_[kPipesPooled].fetch_sub(1, std::memory_order_relaxed);
+    owner_->Count(kPipesInUse, 1);
+    return true;
+  }
+  int fds[2];
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return false;
+  // The kernel may refuse the size (fs.pipe-max-size, or the user's
+  // fs.pipe-user-pages-soft): then the pipe keeps the size it was given.
+  if (fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(owner_->config_.pipe_size)) < 0 &&
+      !owner_->pipe_size_warned_.exchange(true)) {
+    Log(kLogWarning, "Pipes are smaller than " + std::to_string(owner_->config_.pipe_size) +
+                         " bytes (F_SETPIPE_SZ: " + ErrnoText(errno) + "); forwarding goes on in smaller steps.");
+  }
+  int capacity = fcntl(fds[1], F_GETPIPE_SZ);
+  if (capacity <= 0) {
+    int err = errno;
+    close(fds[0]);
+    close(fds[1]);
+    errno = err;
+    return false;
+  }
+  p->read_end = fds[0];
+  p->write_end = fds[1];
+  p->capacity = static_cast<size_t>(capacity);
+  p->bytes = 0;
+  owner_->Count(kPipesInUse, 1);
+  return true;
+}
+
+void Worker::ReleasePipe(Pipe* p) {
+  if (spare_pipes_.size() < kMaxSparePipes) {
+    spare_pipes_.push_back(*p);
+    owner_->counters_[kPipesInUse].fetch_sub(1, std::memory_order_relaxed);
+    owner_->Count(kPipesPooled, 1);
+    *p = Pipe{};
+  } else {
+    DestroyPipe(p, kPipesInUse);
+  }
+}
+
+void Worker::DestroyPipe(Pipe* p, Counter counter) {
+  close(p->read_end);
+  close(p->write_end);
+  owner_->counters_[counter].fetch_sub(1, std::memory_order_relaxed);
+  *p = Pipe{};
+}
+
+// ---------------------------------------------------------------------------
+// Forwarder: owns the workers and what they share.
+
+Forwarder::Forwarder(ForwarderConfig config, std::atomic<uint64_t>* counters, EventSink* sink)
+    : config_(std::move(config)),
+      counters_(counters),
+      sink_(sink),
+      max_connections_(config_.max_connections),
+      log_level_(config_.log_level),
+      targets_(std::make_shared<const std::vector<Endpoint>>(config_.targets)) {
+  if (config_.workers == 0) config_.workers = 1;
+}
+
+Forwarder::~Forwarder() { Stop(); }
+
+std::string Forwarder::Start() {
+  if (started_) return "already started";
+  started_ = true;
+  for (int fd : config_.listeners) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+      return "listening socket " + std::to_string(fd) + ": " + ErrnoText(errno);
+    }
+  }
+  for (unsigned i = 0; i < config_.workers; ++i) {
+    workers_.push_back(std::make_unique<Worker>(this, i));
+    std::string error = workers_.back()->Init();
+    if (!error.empty()) {
+      Stop();
+      return error;
+    }
+  }
+  for (auto& worker : workers_) {
+    std::string error = worker->StartThread();
+    if (!error.empty()) {
+      Stop();
+      return error;
+    }
+  }
+  return "";
+}
+
+std::shared_ptr<const std::vector<Endpoint>> Forwarder::targets() const {
+  std::lock_guard<std::mutex> lock(targets_mutex_);
+  return targets_;
+}
+
+void Forwarder::SetTargets(std::vector<Endpoint> targets) {
+  auto next = std::make_shared<const std::vector<Endpoint>>(std::move(targets));
+  std::lock_guard<std::mutex> lock(targets_mutex_);
+  targets_ = std::move(next);
+}
+
+void Forwarder::Log(int level, std::string message) {
+  if (ShouldLog(level)) sink_->OnLog(level, std::move(message));
+}
+
+bool Forwarder::AdmitConnection() {
+  uint64_t limit = max_connections_.load(std::memory_order_relaxed);
+  uint64_t before = counters_[kActive].fetch_add(1, std::memory_order_acq_rel);
+  if (before >= limit) {
+    Count(kRefused, 1);
+    ReleaseConnection();  // may be the one that brings the count back to 0
+    return false;
+  }
+  Count(kAccepted, 1);
+  if (before == 0) sink_->OnActivityChanged();
+  return true;
+}
+
+void Forwarder::ReleaseConnection() {
+  if (counters_[kActive].fetch_sub(1, std::memory_order_acq_rel) == 1) sink_->OnActivityChanged();
+}
+
+void Forwarder::StopAccepting() {
+  if (listeners_closed_) return;
+  if (!workers_.empty() && !stopped_) {
+    accepting_.store(false, std::memory_order_release);
+    for (auto& worker : workers_) worker->Wake();
+    std::unique_lock<std::mutex> lock(ack_mutex_);
+    // Bounded: a wedged worker must not wedge shutdown too.
+    ack_cv_.wait_for(lock, std::chrono::seconds(5), [&] { return listeners_dropped_ >= workers_.size(); });
+  }
+  for (int fd : config_.listeners) close(fd);
+  listeners_closed_ = true;
+}
+
+void Forwarder::Ping(uint64_t seq) {
+  ping_seq_.store(seq, std::memory_order_release);
+  for (auto& worker : workers_) worker->Wake();
+}
+
+void Forwarder::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  stopping_.store(true, std::memory_order_release);
+  for (auto& worker : workers_) worker->Wake();
+  for (auto& worker : workers_) worker->Join();
+  workers_.clear();
+  if (!listeners_closed_) {
+    for (int fd : config_.listeners) close(fd);
+    listeners_closed_ = true;
+  }
+}
+
+}  // namespace proxyd

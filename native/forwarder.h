@@ -1,0 +1,128 @@
+// The forwarding engine: worker threads, each with its own epoll instance, that
+// accept clients, connect them to the target and move bytes with splice(2).
+// No N-API in here: engine.cc is the JavaScript-facing wrapper.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace proxyd {
+
+// Slots of the counter block shared with JavaScript (a BigUint64Array over the
+// same memory). Workers update them with relaxed atomics; JS only reads.
+enum Counter : unsigned {
+  kActive,           // connections open now (accepted, not yet closed)
+  kAccepted,         // clients accepted and served (not refused)
+  kRefused,          // clients closed at once because the limit was reached
+  kUpstreamFailed,   // clients closed because no target address connected
+  kBytesToUpstream,  // bytes forwarded client -> upstream
+  kBytesToClient,    // bytes forwarded upstream -> client
+  kPipesInUse,       // pipes held by connections with bytes in flight
+  kPipesPooled,      // spare pipes kept by the workers
+  kCounterCount,
+  // followed by one slot per worker: the last watchdog ping it answered
+};
+
+enum LogLevel : int { kLogError = 3, kLogWarning = 4, kLogInfo = 6, kLogDebug = 7 };
+
+// A resolved socket address plus how to print it.
+struct Endpoint {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  std::string text;
+};
+
+// How the workers talk back to the JS thread. Called from worker threads.
+class EventSink {
+ public:
+  virtual ~EventSink() = default;
+  // The active count went from 0 to 1 or from 1 to 0: JS re-reads it.
+  virtual void OnActivityChanged() = 0;
+  virtual void OnLog(int level, std::string message) = 0;
+};
+
+struct ForwarderConfig {
+  std::vector<int> listeners;  // listening sockets; the forwarder owns them
+  std::vector<Endpoint> targets;
+  uint32_t max_connections = 256;
+  unsigned workers = 1;
+  int connect_timeout_ms = 10000;
+  size_t pipe_size = 256 * 1024;
+  int log_level = kLogInfo;
+};
+
+class Worker;
+
+class Forwarder {
+ public:
+  Forwarder(ForwarderConfig config, std::atomic<uint64_t>* counters, EventSink* sink);
+  ~Forwarder();
+  Forwarder(const Forwarder&) = delete;
+  Forwarder& operator=(const Forwarder&) = delete;
+
+  // Creates the epoll instances and starts the threads. "" on success.
+  std::string Start();
+  void SetTargets(std::vector<Endpoint> targets);
+  void SetMaxConnections(uint32_t limit) { max_connections_.store(limit, std::memory_order_relaxed); }
+  void SetLogLevel(int level) { log_level_.store(level, std::memory_order_relaxed); }
+  // Stops accepting and closes the listening sockets; open connections go on.
+  void StopAccepting();
+  // Asks every worker to answer `seq` in its counter slot (watchdog liveness).
+  void Ping(uint64_t seq);
+  // Closes every connection and listener and joins the threads. Idempotent.
+  void Stop();
+
+  unsigned worker_count() const { return config_.workers; }
+
+ private:
+  friend class Worker;
+
+  std::shared_ptr<const std::vector<Endpoint>> targets() const;
+  void Log(int level, std::string message);
+  bool ShouldLog(int level) const { return level <= log_level_.load(std::memory_order_relaxed); }
+  void Count(Counter counter, uint64_t n) {
+    counters_[counter].fetch_add(n, std::memory_order_relaxed);
+  }
+  // Returns false if the limit is reached (and counts the refusal).
+  bool AdmitConnection();
+  void ReleaseConnection();
+
+  ForwarderConfig config_;
+  std::atomic<uint64_t>* counters_;
+  EventSink* sink_;
+  std::atomic<uint32_t> max_connections_;
+  std::atomic<int> log_level_;
+
+  mutable std::mutex targets_mutex_;
+  std::shared_ptr<const std::vector<Endpoint>> targets_;
+
+  std::vector<std::unique_ptr<Worker>> workers_;
+  bool started_ = false;
+  bool stopped_ = false;
+  bool listeners_closed_ = false;
+
+  // StopAccepting waits until every worker has dropped the listeners.
+  std::mutex ack_mutex_;
+  std::condition_variable ack_cv_;
+  unsigned listeners_dropped_ = 0;
+
+  // Commands to the workers, read when their eventfd wakes them.
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> accepting_{true};
+  std::atomic<uint64_t> ping_seq_{0};
+
+  // One "accept is failing" log line per episode, not one per attempt.
+  std::atomic<bool> accept_failing_{false};
+  // One "pipes are smaller than asked" log line per process.
+  std::atomic<bool> pipe_size_warned_{false};
+};
+
+}  // namespace proxyd

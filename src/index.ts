@@ -1,0 +1,3 @@
+export { SocketProxy, LogLevel } from './proxy';
+export type { SocketProxyOptions, ProxyStats, SocketProxyEvents } from './proxy';
+export { parseAddress, formatAddress, type Address } from './target';

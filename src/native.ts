@@ -1,0 +1,84 @@
+// Typed access to the C++ addon. SOCKET_PROXYD_ADDON=/path/to/addon.node loads
+// a specific build (the sanitizer build in CI); otherwise node-gyp-build picks
+// build/Release or the matching prebuild.
+import path from 'node:path';
+
+/** A numeric address ({host, port}) or a UNIX socket path ("@name" is abstract). */
+export type NativeEndpoint = { host: string; port: number } | { path: string };
+
+export interface EngineOptions {
+  /** Listening socket fds; the engine owns them from now on. */
+  listeners: number[];
+  targets: NativeEndpoint[];
+  maxConnections?: number;
+  workers?: number;
+  connectTimeoutMs?: number;
+  pipeSize?: number;
+  /** syslog level: 3 error, 4 warning, 6 info, 7 debug. */
+  logLevel?: number;
+}
+
+export const enum EngineEvent {
+  /** The active count left 0 or returned to 0: re-read it. */
+  Activity = 0,
+  Log = 1,
+}
+
+export interface NativeEngine {
+  /** Live counters, indexed by `COUNTERS`, updated by the workers. */
+  readonly counters: BigUint64Array;
+  start(onEvent: (kind: EngineEvent, level: number, message: string) => void): void;
+  setTargets(targets: NativeEndpoint[]): void;
+  setMaxConnections(limit: number): void;
+  setLogLevel(level: number): void;
+  /** Stops accepting and closes the listeners; open connections go on. */
+  stopAccepting(): void;
+  /** Each worker copies `seq` into its slot from `COUNTERS.firstWorkerPing` on. */
+  ping(seq: number): void;
+  /** Closes every connection and listener and joins the threads. */
+  close(): void;
+  ref(): void;
+  unref(): void;
+}
+
+export interface FdInfo {
+  socket: boolean;
+  family?: 'inet' | 'inet6' | 'unix' | 'other';
+  type?: 'stream' | 'dgram' | 'seqpacket' | 'other';
+  listening?: boolean;
+  address?: string;
+}
+
+export interface Addon {
+  Engine: new (options: EngineOptions) => NativeEngine;
+  COUNTERS: {
+    active: number;
+    accepted: number;
+    refused: number;
+    upstreamFailed: number;
+    bytesToUpstream: number;
+    bytesToClient: number;
+    pipesInUse: number;
+    pipesPooled: number;
+    firstWorkerPing: number;
+  };
+  /** Creates, binds and listens a non-blocking CLOEXEC stream socket; returns its fd. */
+  bindListener(endpoint: NativeEndpoint, backlog?: number): number;
+  /** Throws for a closed fd. */
+  inspectFd(fd: number): FdInfo;
+  closeFd(fd: number): void;
+  /** Sends one datagram to a NOTIFY_SOCKET path or "@abstract" name. */
+  sdNotify(socketPath: string, message: string): void;
+  /** Raises the soft RLIMIT_NOFILE to the hard limit; -1 means unlimited. */
+  raiseFdLimit(): { soft: number; hard: number };
+}
+
+function load(): Addon {
+  const explicit = process.env.SOCKET_PROXYD_ADDON;
+  if (explicit) return require(path.resolve(explicit)) as Addon;
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const nodeGypBuild = require('node-gyp-build') as (dir: string) => Addon;
+  return nodeGypBuild(path.join(__dirname, '..'));
+}
+
+export const addon: Addon = load();

@@ -1,0 +1,271 @@
+// SocketProxy: the in-process forwarder. A thin class over the native Engine:
+// it resolves the target, owns the listening sockets until the engine takes
+// them, turns activity changes into 'busy'/'idle' events and reads the
+// counters straight from native memory.
+import { EventEmitter } from 'node:events';
+import os from 'node:os';
+import { addon, EngineEvent, type NativeEndpoint, type NativeEngine } from './native';
+import { formatAddress, isLiteral, parseAddress, resolveAddress, type Address } from './target';
+
+export interface SocketProxyOptions {
+  /** Where clients are forwarded: "HOST:PORT", "[IPv6]:PORT", "/unix/path" or "@abstract". HOST alone means port 80. */
+  target: string;
+  /** Listening sockets to take over (e.g. inherited from systemd). The proxy owns and closes them. */
+  fds?: number[];
+  /** Addresses to bind and listen on, same syntax as `target` (a port is required). */
+  listen?: string[];
+  /** Simultaneous connections; the next client is closed at once. Default 256. */
+  maxConnections?: number;
+  /** Forwarding threads. Default: the number of CPUs, at most 4. */
+  workers?: number;
+  /** Time allowed for each upstream address to accept the connection, in ms. Default 10000. */
+  connectTimeout?: number;
+  /** Size asked for each pipe (F_SETPIPE_SZ). Default 256 KiB. */
+  pipeSize?: number;
+  /** How often a hostname target is resolved again, in ms. Default 30000. */
+  resolveInterval?: number;
+  /** syslog level of the 'log' events emitted: 3 error, 4 warning, 6 info (default), 7 debug. */
+  logLevel?: number;
+  /** listen(2) backlog for sockets bound from `listen`. Default 4096. */
+  backlog?: number;
+}
+
+export interface ProxyStats {
+  /** Connections open now. */
+  active: number;
+  /** Clients served since start (not counting refused ones). */
+  accepted: number;
+  /** Clients closed at once because `maxConnections` were open. */
+  refused: number;
+  /** Clients closed because no target address accepted a connection. */
+  upstreamFailed: number;
+  bytesToUpstream: number;
+  bytesToClient: number;
+  /** Pipes holding bytes in flight now. */
+  pipesInUse: number;
+  /** Spare pipes kept for reuse. */
+  pipesPooled: number;
+}
+
+export const LogLevel = { error: 3, warning: 4, info: 6, debug: 7 } as const;
+
+const RESOLVE_RETRY_MS = 1000;
+
+export interface SocketProxyEvents {
+  /** The first connection opened (the active count left 0). */
+  busy: [];
+  /** The last connection closed (the active count returned to 0). */
+  idle: [];
+  log: [level: number, message: string];
+}
+
+export declare interface SocketProxy {
+  on<E extends keyof SocketProxyEvents>(event: E, listener: (...args: SocketProxyEvents[E]) => void): this;
+  once<E extends keyof SocketProxyEvents>(event: E, listener: (...args: SocketProxyEvents[E]) => void): this;
+  off<E extends keyof SocketProxyEvents>(event: E, listener: (...args: SocketProxyEvents[E]) => void): this;
+  emit<E extends keyof SocketProxyEvents>(event: E, ...args: SocketProxyEvents[E]): boolean;
+}
+
+export class SocketProxy extends EventEmitter {
+  readonly target: Address;
+  private readonly options: SocketProxyOptions;
+  private engine: NativeEngine | null = null;
+  private counters: BigUint64Array | null = null;
+  private busy = false;
+  private resolveTimer: NodeJS.Timeout | null = null;
+  private pingSeq = 0;
+  private closed = false;
+  /** Addresses the proxy listens on, as the kernel reports them (after start). */
+  listening: string[] = [];
+
+  constructor(options: SocketProxyOptions) {
+    super();
+    this.options = options;
+    this.target = parseAddress(options.target, 80);
+  }
+
+  /** Resolves the target, binds `listen` addresses and starts forwarding. */
+  async start(): Promise<void> {
+    if (this.engine || this.closed) throw new Error('SocketProxy already started');
+    const o = this.options;
+    const listeners = [...(o.fds ?? [])];
+    try {
+      for (const spec of o.listen ?? []) {
+        const address = parseAddress(spec);
+        const endpoint: NativeEndpoint =
+          address.kind === 'unix' ? { path: address.path } : { host: address.host, port: address.port };
+        listeners.push(addon.bindListener(endpoint, o.backlog ?? 4096));
+      }
+    } catch (error) {
+      for (const fd of listeners.slice(o.fds?.length ?? 0)) addon.closeFd(fd);
+      throw error;
+    }
+    if (listeners.length === 0) throw new Error('no listening sockets: pass fds or listen addresses');
+    this.listening = listeners.map((fd) => addon.inspectFd(fd).address ?? `fd ${fd}`);
+
+    let targets: NativeEndpoint[] = [];
+    let resolveError: unknown = null;
+    try {
+      targets = await resolveAddress(this.target);
+    } catch (error) {
+      resolveError = error;  // not fatal: clients fail until it resolves
+    }
+    const engine = new addon.Engine({
+      listeners,
+      targets,
+      maxConnections: o.maxConnections ?? 256,
+      workers: o.workers ?? Math.min(4, os.availableParallelism?.() ?? os.cpus().length),
+      connectTimeoutMs: o.connectTimeout ?? 10_000,
+      pipeSize: o.pipeSize ?? 256 * 1024,
+      logLevel: o.logLevel ?? LogLevel.info,
+    });
+    this.engine = engine;
+    this.counters = engine.counters;
+    engine.start((kind, level, message) => this.onEngineEvent(kind, level, message));
+    if (resolveError) this.onResolveFailure(resolveError);
+    if (!isLiteral(this.target)) this.scheduleResolve(resolveError ? RESOLVE_RETRY_MS : this.resolveInterval);
+  }
+
+  /** Live counters, read from native memory. */
+  get stats(): ProxyStats {
+    const c = this.counters;
+    const K = addon.COUNTERS;
+    const read = (i: number) => (c ? Number(c[i]) : 0);
+    return {
+      active: read(K.active),
+      accepted: read(K.accepted),
+      refused: read(K.refused),
+      upstreamFailed: read(K.upstreamFailed),
+      bytesToUpstream: read(K.bytesToUpstream),
+      bytesToClient: read(K.bytesToClient),
+      pipesInUse: read(K.pipesInUse),
+      pipesPooled: read(K.pipesPooled),
+    };
+  }
+
+  /** Connections open now. */
+  get active(): number {
+    return this.counters ? Number(this.counters[addon.COUNTERS.active]) : 0;
+  }
+
+  setMaxConnections(limit: number): void {
+    this.options.maxConnections = limit;
+    this.engine?.setMaxConnections(limit);
+  }
+
+  setLogLevel(level: number): void {
+    this.options.logLevel = level;
+    this.engine?.setLogLevel(level);
+  }
+
+  /**
+   * Proves the forwarding threads alive: true if every worker answered the
+   * previous call's ping. Call it periodically (the watchdog does).
+   */
+  workersAlive(): boolean {
+    if (!this.engine || !this.counters) return false;
+    const first = addon.COUNTERS.firstWorkerPing;
+    const expected = BigInt(this.pingSeq);
+    let alive = true;
+    for (let i = first; i < this.counters.length; i++) if (this.counters[i] !== expected) alive = false;
+    this.engine.ping(++this.pingSeq);
+    return alive;
+  }
+
+  /** Stops accepting and closes the listening sockets; open connections carry on. */
+  stopAccepting(): void {
+    this.stopResolving();
+    this.engine?.stopAccepting();
+  }
+
+  /**
+   * Stops accepting, then waits up to `timeoutMs` for open connections to end.
+   * Resolves true if they all ended. Call close() afterwards.
+   */
+  async drain(timeoutMs: number): Promise<boolean> {
+    this.stopAccepting();
+    if (this.active === 0) return true;
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        this.off('idle', onIdle);
+        resolve(this.active === 0);
+      }, timeoutMs);
+      const onIdle = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.once('idle', onIdle);
+    });
+  }
+
+  /** Closes every connection and listener and stops the threads. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopResolving();
+    this.engine?.close();
+    this.checkActivity();
+  }
+
+  /** Lets the process exit while the proxy runs (like net.Server#unref). */
+  unref(): this {
+    this.engine?.unref();
+    this.resolveTimer?.unref();
+    return this;
+  }
+
+  ref(): this {
+    this.engine?.ref();
+    return this;
+  }
+
+  private get resolveInterval(): number {
+    return this.options.resolveInterval ?? 30_000;
+  }
+
+  private onEngineEvent(kind: EngineEvent, level: number, message: string): void {
+    if (kind === EngineEvent.Activity) this.checkActivity();
+    else this.emit('log', level, message);
+  }
+
+  // Activity events only say "look again": the count itself is authoritative,
+  // so events from two workers arriving out of order cannot mislead us.
+  private checkActivity(): void {
+    const active = this.closed ? 0 : this.active;
+    if (active > 0 && !this.busy) {
+      this.busy = true;
+      this.emit('busy');
+    } else if (active === 0 && this.busy) {
+      this.busy = false;
+      this.emit('idle');
+    }
+  }
+
+  private scheduleResolve(delay: number): void {
+    this.resolveTimer = setTimeout(() => {
+      this.resolveTimer = null;
+      resolveAddress(this.target).then(
+        (targets) => {
+          if (this.closed || !this.engine) return;
+          this.engine.setTargets(targets);
+          this.scheduleResolve(this.resolveInterval);
+        },
+        (error) => {
+          if (this.closed) return;
+          this.onResolveFailure(error);
+          this.scheduleResolve(RESOLVE_RETRY_MS);
+        },
+      );
+    }, delay);
+  }
+
+  private onResolveFailure(error: unknown): void {
+    const why = error instanceof Error ? error.message : String(error);
+    this.emit('log', LogLevel.warning, `Failed to resolve ${formatAddress(this.target)}: ${why}`);
+  }
+
+  private stopResolving(): void {
+    if (this.resolveTimer) clearTimeout(this.resolveTimer);
+    this.resolveTimer = null;
+  }
+}

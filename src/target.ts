@@ -1,0 +1,66 @@
+// Target and listen-address syntax: HOST:PORT, [IPv6]:PORT, /unix/path, @abstract.
+import dns from 'node:dns/promises';
+import net from 'node:net';
+import type { NativeEndpoint } from './native';
+
+export type Address =
+  | { kind: 'unix'; path: string }
+  | { kind: 'inet'; host: string; port: number };
+
+/**
+ * Parses an address the way systemd-socket-proxyd does, plus brackets: a path
+ * starting with "/" or "@" is a UNIX socket; otherwise HOST:PORT split at the
+ * last ":" ("::1:8080" works), "[::1]:8080", or HOST alone meaning port
+ * `defaultPort`. Throws an Error with a one-line message.
+ */
+export function parseAddress(spec: string, defaultPort?: number): Address {
+  if (spec === '') throw new Error('empty address');
+  if (spec.startsWith('/') || spec.startsWith('@')) {
+    if (spec === '@') throw new Error('empty abstract socket name "@"');
+    return { kind: 'unix', path: spec };
+  }
+  let host: string;
+  let portText: string | undefined;
+  if (spec.startsWith('[')) {
+    const close = spec.indexOf(']');
+    if (close < 0) throw new Error(`missing "]" in address "${spec}"`);
+    host = spec.slice(1, close);
+    const rest = spec.slice(close + 1);
+    if (rest !== '' && !rest.startsWith(':')) throw new Error(`unexpected "${rest}" after "]" in address "${spec}"`);
+    portText = rest === '' ? undefined : rest.slice(1);
+    if (net.isIPv6(host.replace(/%.*$/, '')) === false) throw new Error(`"${host}" in brackets is not an IPv6 address`);
+  } else {
+    const colon = spec.lastIndexOf(':');
+    host = colon < 0 ? spec : spec.slice(0, colon);
+    portText = colon < 0 ? undefined : spec.slice(colon + 1);
+  }
+  if (host === '') throw new Error(`missing host in address "${spec}"`);
+  let port: number;
+  if (portText === undefined) {
+    if (defaultPort === undefined) throw new Error(`missing port in address "${spec}"`);
+    port = defaultPort;
+  } else {
+    if (!/^[0-9]+$/.test(portText)) throw new Error(`invalid port "${portText}" in address "${spec}"`);
+    port = Number(portText);
+    if (port < 1 || port > 65535) throw new Error(`port ${portText} out of range in address "${spec}"`);
+  }
+  return { kind: 'inet', host, port };
+}
+
+export function formatAddress(address: Address): string {
+  if (address.kind === 'unix') return address.path;
+  return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+}
+
+/** True when connecting needs no resolver: a UNIX path or an IP literal. */
+export function isLiteral(address: Address): boolean {
+  return address.kind === 'unix' || net.isIP(address.host.replace(/%.*$/, '')) !== 0;
+}
+
+/** Every address the target stands for, in resolver order. */
+export async function resolveAddress(address: Address): Promise<NativeEndpoint[]> {
+  if (address.kind === 'unix') return [{ path: address.path }];
+  if (isLiteral(address)) return [{ host: address.host, port: address.port }];
+  const results = await dns.lookup(address.host, { all: true, verbatim: true });
+  return results.map((r) => ({ host: r.address, port: address.port }));
+}
