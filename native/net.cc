@@ -182,7 +182,7 @@ Napi::Value RaiseFdLimit(const Napi::CallbackInfo& info) {
 }  // namespace
 
 std::string ParseInetEndpoint(const std::string& host, int port, Endpoint* out) {
-  if (port < 1 || port > 65535) return "invalid port " + std::to_string(port);
+  if (port < 0 || port > 65535) return "invalid port " + std::to_string(port);
   addrinfo hints{};
   hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
   hints.ai_family = AF_UNSPEC;

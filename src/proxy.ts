@@ -12,7 +12,7 @@ export interface SocketProxyOptions {
   target: string;
   /** Listening sockets to take over (e.g. inherited from systemd). The proxy owns and closes them. */
   fds?: number[];
-  /** Addresses to bind and listen on, same syntax as `target` (a port is required). */
+  /** Addresses to bind and listen on, same syntax as `target` (a port is required; 0 picks a free one). */
   listen?: string[];
   /** Simultaneous connections; the next client is closed at once. Default 256. */
   maxConnections?: number;
@@ -91,7 +91,7 @@ export class SocketProxy extends EventEmitter {
     const listeners = [...(o.fds ?? [])];
     try {
       for (const spec of o.listen ?? []) {
-        const address = parseAddress(spec);
+        const address = parseAddress(spec, undefined, true);
         const endpoint: NativeEndpoint =
           address.kind === 'unix' ? { path: address.path } : { host: address.host, port: address.port };
         listeners.push(addon.bindListener(endpoint, o.backlog ?? 4096));

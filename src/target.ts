@@ -11,9 +11,10 @@ export type Address =
  * Parses an address the way systemd-socket-proxyd does, plus brackets: a path
  * starting with "/" or "@" is a UNIX socket; otherwise HOST:PORT split at the
  * last ":" ("::1:8080" works), "[::1]:8080", or HOST alone meaning port
- * `defaultPort`. Throws an Error with a one-line message.
+ * `defaultPort`. Port 0 (any free port) only with `allowPortZero`, for
+ * listening. Throws an Error with a one-line message.
  */
-export function parseAddress(spec: string, defaultPort?: number): Address {
+export function parseAddress(spec: string, defaultPort?: number, allowPortZero = false): Address {
   if (spec === '') throw new Error('empty address');
   if (spec.startsWith('/') || spec.startsWith('@')) {
     if (spec === '@') throw new Error('empty abstract socket name "@"');
@@ -42,7 +43,7 @@ export function parseAddress(spec: string, defaultPort?: number): Address {
   } else {
     if (!/^[0-9]+$/.test(portText)) throw new Error(`invalid port "${portText}" in address "${spec}"`);
     port = Number(portText);
-    if (port < 1 || port > 65535) throw new Error(`port ${portText} out of range in address "${spec}"`);
+    if (port < (allowPortZero ? 0 : 1) || port > 65535) throw new Error(`port ${portText} out of range in address "${spec}"`);
   }
   return { kind: 'inet', host, port };
 }
