@@ -29,10 +29,13 @@ namespace {
 constexpr int kMaxEvents = 256;
 constexpr int kAcceptBatch = 64;
 constexpr int kAcceptBackoffMs = 100;
+constexpr int kShortageEpisodeGapMs = 1000;
 constexpr size_t kMaxSparePipes = 64;
+// Pipes each worker makes at start and keeps: when fds run out, connections
+// waiting for a pipe still progress through these, one burst at a time.
+constexpr size_t kReservedPipes = 2;
 // Bytes one direction may move before other connections get their turn.
 constexpr size_t kTurnBudget = 4u << 20;
-constexpr int kUpstreamFailureLogIntervalMs = 1000;
 constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 
 int64_t NowMs() {
@@ -54,6 +57,30 @@ int SocketError(int fd) {
 }
 
 bool IsInet(int family) { return family == AF_INET || family == AF_INET6; }
+
+// Errors that mean "this process or the kernel is out of something", not
+// "this peer is broken": waiting helps, retrying at once does not.
+bool IsResourceShortage(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
+
+// Lets a failure that repeats for every client be logged once a second, with
+// a count of the ones left unsaid.
+struct LogThrottle {
+  int64_t last = 0;
+  uint64_t suppressed = 0;
+
+  // Returns false if this occurrence should stay quiet; otherwise appends the
+  // count of suppressed ones to `message`.
+  bool Admit(int64_t now, std::string* message) {
+    if (last != 0 && now - last < 1000) {
+      ++suppressed;
+      return false;
+    }
+    if (suppressed != 0) *message += " (" + std::to_string(suppressed) + " more since the last message)";
+    last = now;
+    suppressed = 0;
+    return true;
+  }
+};
 
 // A minimal intrusive doubly-linked list, so a connection can leave any list
 // it is on in O(1) when it closes.
@@ -124,17 +151,18 @@ struct Connection {
   Direction to_client{&upstream, &client, kBytesToClient};
   std::shared_ptr<const std::vector<Endpoint>> targets;
   size_t next_target = 0;
-  int64_t connect_deadline = 0;
+  int64_t connect_deadline = 0;  // of this attempt (or of the wait for fds)
+  int64_t give_up_at = 0;        // waiting for fds ends here
   bool connected = false;
   bool closed = false;
   Link all;         // every open connection of the worker
-  Link connecting;  // waiting for connect(), ordered by deadline
+  Link connecting;  // waiting for connect() or for fds (socket or pipe), by deadline
   Link ready;       // ran out of budget with work left
 
   Connection() { all.owner = connecting.owner = ready.owner = this; }
 };
 
-enum class ShovelResult { kIdle, kYield, kFailed };
+enum class ShovelResult { kIdle, kYield, kNoPipe, kFailed };
 
 }  // namespace
 
@@ -165,6 +193,7 @@ class Worker {
   void OnConnectResult(Connection* c, uint32_t events);
   void ExpireConnects(int64_t now);
   void LogUpstreamFailure(const Connection* c, int err);
+  void LogThrottled(LogThrottle* throttle, int level, std::string message);
 
   void Pump(Connection* c);
   ShovelResult Shovel(Connection* c, Direction& d);
@@ -193,13 +222,14 @@ class Worker {
   int64_t resume_accept_at_ = 0;  // 0: not paused
 
   Link all_;
-  Link connecting_;
+  Link connecting_;      // connect() in progress; deadlines in order
+  Link waiting_for_fds_; // socket() or pipe2() failed for lack of fds; retried in order
   Link ready_;
   std::vector<Connection*> graveyard_;  // freed after the event batch
   std::vector<Pipe> spare_pipes_;
 
-  int64_t last_failure_log_ = 0;
-  uint64_t suppressed_failures_ = 0;
+  LogThrottle upstream_failure_log_;
+  LogThrottle pipe_failure_log_;
 };
 
 // ---------------------------------------------------------------------------
@@ -221,6 +251,11 @@ std::string Worker::Init() {
   ev.data.ptr = &wake_watch_;
   if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return "epoll_ctl: " + ErrnoText(errno);
   for (int fd : owner_->config_.listeners) listeners_.push_back(std::make_unique<ListenerWatch>(fd));
+  for (size_t i = 0; i < kReservedPipes; ++i) {
+    Pipe pipe;
+    if (!AcquirePipe(&pipe)) return "pipe2: " + ErrnoText(errno);
+    ReleasePipe(&pipe);
+  }
   if (!AddListeners()) return "epoll_ctl(listener): " + ErrnoText(errno);
   return "";
 }
@@ -290,7 +325,11 @@ void Worker::Run() {
 int Worker::NextTimeoutMs(int64_t now) const {
   if (ready_.linked()) return 0;
   int64_t deadline = -1;
-  if (connecting_.linked()) deadline = connecting_.next->owner->connect_deadline;
+  for (const Link* list : {&connecting_, &waiting_for_fds_}) {
+    if (!list->linked()) continue;
+    int64_t first = list->next->owner->connect_deadline;
+    if (deadline < 0 || first < deadline) deadline = first;
+  }
   if (resume_accept_at_ != 0 && (deadline < 0 || resume_accept_at_ < deadline)) deadline = resume_accept_at_;
   if (deadline < 0) return -1;
   return deadline <= now ? 0 : static_cast<int>(deadline - now);
@@ -356,13 +395,15 @@ void Worker::DropListeners() {
 }
 
 void Worker::PauseAccepting(int err) {
-  // Out of fds (or kernel memory): the client stays in the backlog. Retrying at
+  // Out of fds (or kernel memory): clients wait in the backlog. Retrying at
   // once would spin, so stop listening for a moment and try again.
   DropListeners();
-  resume_accept_at_ = NowMs() + kAcceptBackoffMs;
+  int64_t now = NowMs();
+  resume_accept_at_ = now + kAcceptBackoffMs;
+  owner_->last_shortage_ms_.store(now, std::memory_order_relaxed);
   if (!owner_->accept_failing_.exchange(true)) {
-    Log(kLogWarning, "Failed to accept connection, pausing for " + std::to_string(kAcceptBackoffMs) +
-                         " ms at a time until it works again: " + ErrnoText(err));
+    Log(kLogWarning, "Not accepting new connections for now (" + ErrnoText(err) + "); retrying every " +
+                         std::to_string(kAcceptBackoffMs) + " ms.");
   }
 }
 
@@ -393,7 +434,11 @@ void Worker::OnListenerReadable(int listen_fd) {
           return;
       }
     }
-    if (owner_->accept_failing_.exchange(false)) Log(kLogInfo, "Accepting connections again.");
+    if (owner_->accept_failing_.load(std::memory_order_relaxed) &&
+        NowMs() - owner_->last_shortage_ms_.load(std::memory_order_relaxed) > kShortageEpisodeGapMs &&
+        owner_->accept_failing_.exchange(false)) {
+      Log(kLogInfo, "Accepting connections again.");
+    }
     if (!owner_->AdmitConnection()) {
       close(fd);
       continue;
@@ -416,6 +461,7 @@ void Worker::OnListenerReadable(int listen_fd) {
       continue;
     }
     c->targets = owner_->targets();
+    c->give_up_at = NowMs() + owner_->config_.connect_timeout_ms;
     ConnectNext(c, EDESTADDRREQ);
   }
 }
@@ -430,6 +476,18 @@ void Worker::ConnectNext(Connection* c, int last_error) {
     int fd = socket(target.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       last_error = errno;
+      if (IsResourceShortage(last_error)) {
+        // Every address would fail alike, and so would the clients behind
+        // this one: leave those in the backlog, and this one waiting, until
+        // fds free up.
+        PauseAccepting(last_error);
+        int64_t now = NowMs();
+        if (now >= c->give_up_at) break;
+        --c->next_target;
+        c->connect_deadline = now + kAcceptBackoffMs;
+        c->connecting.AppendTo(&waiting_for_fds_);
+        return;
+      }
       continue;
     }
     int one = 1;
@@ -490,16 +548,31 @@ void Worker::ExpireConnects(int64_t now) {
     c->upstream.fd = -1;
     ConnectNext(c, ETIMEDOUT);
   }
+  // Retried after the head's deadline only, so one retry per back-off period.
+  Link retry;
+  while (waiting_for_fds_.linked() && waiting_for_fds_.next->owner->connect_deadline <= now) {
+    Connection* c = waiting_for_fds_.next->owner;
+    c->connecting.Unlink();
+    c->connecting.AppendTo(&retry);
+  }
+  while (retry.linked()) {
+    Connection* c = retry.next->owner;
+    c->connecting.Unlink();
+    if (c->connected) {
+      Pump(c);  // it was waiting for a pipe
+    } else {
+      ConnectNext(c, EMFILE);
+    }
+  }
 }
 
+void Worker::LogThrottled(LogThrottle* throttle, int level, std::string message) {
+  if (owner_->ShouldLog(level) && throttle->Admit(NowMs(), &message)) Log(level, std::move(message));
+}
+
+// A dead upstream fails every client: say so once a second, not per client.
 void Worker::LogUpstreamFailure(const Connection* c, int err) {
   if (!owner_->ShouldLog(kLogWarning)) return;
-  int64_t now = NowMs();
-  // A dead upstream fails every client: say so once a second, not per client.
-  if (last_failure_log_ != 0 && now - last_failure_log_ < kUpstreamFailureLogIntervalMs) {
-    ++suppressed_failures_;
-    return;
-  }
   std::string message = "Failed to connect to ";
   const std::vector<Endpoint>& targets = *c->targets;
   if (targets.empty()) {
@@ -509,12 +582,7 @@ void Worker::LogUpstreamFailure(const Connection* c, int err) {
     if (targets.size() > 1) message += " (and " + std::to_string(targets.size() - 1) + " other addresses)";
     message += ": " + ErrnoText(err);
   }
-  if (suppressed_failures_ != 0) {
-    message += " (" + std::to_string(suppressed_failures_) + " more failures since the last message)";
-  }
-  last_failure_log_ = now;
-  suppressed_failures_ = 0;
-  Log(kLogWarning, std::move(message));
+  LogThrottled(&upstream_failure_log_, kLogWarning, std::move(message));
 }
 
 // ---------------------------------------------------------------------------
@@ -547,8 +615,14 @@ void Worker::Pump(Connection* c) {
   if (down == ShovelResult::kFailed) return;
   if (c->to_upstream.done && c->to_client.done) {
     Close(c);
-  } else if ((up == ShovelResult::kYield || down == ShovelResult::kYield) && !c->ready.linked()) {
+    return;
+  }
+  if ((up == ShovelResult::kYield || down == ShovelResult::kYield) && !c->ready.linked()) {
     c->ready.AppendTo(&ready_);
+  }
+  if ((up == ShovelResult::kNoPipe || down == ShovelResult::kNoPipe) && !c->connecting.linked()) {
+    c->connect_deadline = NowMs() + kAcceptBackoffMs;
+    c->connecting.AppendTo(&waiting_for_fds_);
   }
 }
 
@@ -563,7 +637,14 @@ ShovelResult Worker::Shovel(Connection* c, Direction& d) {
 
     if (!d.eof && d.from->readable && (!pipe.open() || pipe.bytes < pipe.capacity)) {
       if (!pipe.open() && !AcquirePipe(&pipe)) {
-        Fail(c, "pipe", d.from, errno);
+        int err = errno;
+        if (IsResourceShortage(err)) {
+          // The bytes stay in the socket; retried once fds may have freed up.
+          PauseAccepting(err);
+          return ShovelResult::kNoPipe;
+        }
+        LogThrottled(&pipe_failure_log_, kLogWarning, "Failed to create a pipe, closing a connection: " + ErrnoText(err));
+        Close(c);
         return ShovelResult::kFailed;
       }
       ssize_t n = splice(d.from->fd, nullptr, pipe.write_end, nullptr, pipe.capacity - pipe.bytes,

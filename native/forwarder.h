@@ -119,8 +119,10 @@ class Forwarder {
   std::atomic<bool> accepting_{true};
   std::atomic<uint64_t> ping_seq_{0};
 
-  // One "accept is failing" log line per episode, not one per attempt.
+  // One "out of fds" log line per episode, not one per attempt: an episode
+  // ends after a second with no shortage.
   std::atomic<bool> accept_failing_{false};
+  std::atomic<int64_t> last_shortage_ms_{0};
   // One "pipes are smaller than asked" log line per process.
   std::atomic<bool> pipe_size_warned_{false};
 };
