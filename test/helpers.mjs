@@ -20,9 +20,20 @@ export async function startServer(onConnection, address = '127.0.0.1') {
     server.listen(0, address);
   }
   await once(server, 'listening');
+  // close() must not wait for peers the test left half-open.
+  const open = new Set();
+  server.on('connection', (s) => {
+    open.add(s);
+    s.on('close', () => open.delete(s));
+  });
   const a = server.address();
   const target = typeof a === 'string' ? address : a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
-  return { server, target, port: typeof a === 'string' ? 0 : a.port, close: () => new Promise((r) => server.close(r)) };
+  const close = () =>
+    new Promise((r) => {
+      server.close(r);
+      for (const s of open) s.destroy();
+    });
+  return { server, target, port: typeof a === 'string' ? 0 : a.port, close };
 }
 
 /** Echo server: writes back everything, ends when the client ends. */
@@ -158,4 +169,172 @@ export async function stop(child) {
 export async function fdCount(pid = process.pid) {
   const { readdir } = await import('node:fs/promises');
   return (await readdir(`/proc/${pid}/fd`)).length;
+}
+
+// ---------------------------------------------------------------------------
+// Helpers added for the forwarding / activation suites.
+
+/** Like startServer, with net.Server options (e.g. {allowHalfOpen: true}) and a listen backlog. */
+export async function startServerWith(options, onConnection, address = '127.0.0.1', backlog = 511) {
+  const server = net.createServer(options, onConnection);
+  if (address.startsWith('/') || address.startsWith('@')) {
+    server.listen({ path: address.startsWith('@') ? `\0${address.slice(1)}` : address, backlog });
+  } else {
+    server.listen({ port: 0, host: address, backlog });
+  }
+  await once(server, 'listening');
+  // close() must not wait for peers the test left half-open.
+  const open = new Set();
+  server.on('connection', (s) => {
+    open.add(s);
+    s.on('close', () => open.delete(s));
+  });
+  const a = server.address();
+  const target = typeof a === 'string' ? address : a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+  const close = () =>
+    new Promise((r) => {
+      server.close(r);
+      for (const s of open) s.destroy();
+    });
+  return { server, target, port: typeof a === 'string' ? 0 : a.port, close };
+}
+
+/** net.connect options for an address string: "HOST:PORT", "[IPv6]:PORT", "/path" or "@abstract". */
+export function connectOptions(address) {
+  if (address.startsWith('/')) return { path: address };
+  if (address.startsWith('@')) return { path: `\0${address.slice(1)}` };
+  const m = /^\[(.*)\]:(\d+)$/.exec(address) ?? /^(.*):(\d+)$/.exec(address);
+  if (!m) throw new Error(`bad address ${address}`);
+  return { host: m[1], port: Number(m[2]) };
+}
+
+/** Connects to an address string (see connectOptions); resolves the socket once connected. */
+export async function connectTo(address, options = {}) {
+  const socket = net.connect({ ...connectOptions(address), ...options });
+  await new Promise((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  return socket;
+}
+
+/**
+ * Resolves when the socket closes: {data (Buffer of everything read), ended (got FIN),
+ * error (code or null)}. Attach it right after connecting so no data is missed.
+ */
+export function closed(socket) {
+  return new Promise((resolve) => {
+    const chunks = [];
+    let ended = false;
+    let error = null;
+    socket.on('data', (d) => chunks.push(d));
+    socket.on('end', () => (ended = true));
+    socket.on('error', (e) => (error = e.code ?? String(e)));
+    socket.on('close', () => resolve({ data: Buffer.concat(chunks), ended, error }));
+  });
+}
+
+/** Rejects with `message` if `promise` has not settled within `ms`. */
+export function within(promise, ms, message = `timed out after ${ms} ms`) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms))),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Writes `chunk` repeatedly until the socket stops draining (no 'drain' for `stallMs`).
+ * Returns {written: bytes handed to write(), pushed: bytes the kernel took (written − still
+ * buffered in Node)}. `hash` (optional) is updated with every byte written, in order.
+ */
+export async function writeUntilStuck(socket, chunk, { stallMs = 500, hash, limit = 1 << 30 } = {}) {
+  let written = 0;
+  for (;;) {
+    while (written < limit) {
+      hash?.update(chunk);
+      written += chunk.length;
+      if (!socket.write(chunk)) break;
+    }
+    if (written >= limit) break;
+    const drained = await new Promise((resolve) => {
+      const timer = setTimeout(() => { socket.off('drain', onDrain); resolve(false); }, stallMs);
+      const onDrain = () => { clearTimeout(timer); resolve(true); };
+      socket.once('drain', onDrain);
+    });
+    if (!drained) break;
+  }
+  return { written, pushed: written - socket.writableLength };
+}
+
+/** A numeric field of /proc/PID/status in KiB (e.g. "VmRSS"). */
+export async function procStatusKiB(pid, field) {
+  const { readFile } = await import('node:fs/promises');
+  const text = await readFile(`/proc/${pid}/status`, 'utf8');
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text);
+  if (!m) throw new Error(`no ${field} in /proc/${pid}/status`);
+  return Number(m[1]);
+}
+
+/** Threads of a process (default: this one). */
+export async function taskCount(pid = process.pid) {
+  const { readdir } = await import('node:fs/promises');
+  return (await readdir(`/proc/${pid}/task`)).length;
+}
+
+/** A fresh, unique abstract UNIX socket name ("@…"). */
+export function abstractName(tag = 'test') {
+  return `@socket-proxyd-${tag}-${process.pid}-${Math.random().toString(36).slice(2)}`;
+}
+
+// Node (libuv) binds and connects abstract UNIX names padded with NULs to the
+// whole sun_path, so a Node peer never meets a name bound the way systemd,
+// socat and this proxy bind it (exact length). Abstract peers are socat.
+
+/** Spawns `socat args…`; rejects loudly when socat is not installed. */
+function socat(args, stdio) {
+  const child = spawn('socat', args, { stdio });
+  child.exited = new Promise((resolve, reject) => {
+    child.once('error', (e) =>
+      reject(e.code === 'ENOENT' ? new Error('socat is missing: apt-get install -y socat') : e));
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+  });
+  return child;
+}
+
+/** True once something listens on the abstract name "@name" (exact length). */
+export async function abstractListening(name) {
+  const { readFile } = await import('node:fs/promises');
+  const table = await readFile('/proc/net/unix', 'utf8');
+  // Columns: Num RefCount Protocol Flags(00010000 = listening) Type St Inode Path.
+  return table.split('\n').some((line) => line.endsWith(` ${name}`) && line.split(/\s+/)[3] === '00010000');
+}
+
+/** An echo server on the abstract name "@name": socat, one `cat` per connection. */
+export async function abstractEchoServer(name) {
+  const child = socat([`ABSTRACT-LISTEN:${name.slice(1)},fork,backlog=256`, 'EXEC:cat'], ['ignore', 'ignore', 'inherit']);
+  child.exited.catch(() => {});
+  const up = await Promise.race([waitFor(() => abstractListening(name)), child.exited.then(() => false)]);
+  if (!up) {
+    child.kill('SIGKILL');
+    await child.exited; // rejects with the reason when socat is missing
+    throw new Error(`socat did not listen on ${name}`);
+  }
+  return {
+    target: name,
+    close: async () => {
+      child.kill('SIGTERM');
+      await child.exited;
+    },
+  };
+}
+
+/** Sends `payload` to the abstract name "@name" with socat, half-closes, resolves {bytes, sha256} of the reply. */
+export async function abstractRoundTrip(name, payload) {
+  const child = socat(['-t', '30', '-', `ABSTRACT-CONNECT:${name.slice(1)}`], ['pipe', 'pipe', 'inherit']);
+  const reply = collect(child.stdout);
+  child.stdin.end(payload);
+  const [result, { code }] = await Promise.all([reply, child.exited]);
+  if (code !== 0) throw new Error(`socat to ${name} exited with status ${code}`);
+  return result;
 }
