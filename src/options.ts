@@ -1,0 +1,314 @@
+// The command line: systemd-socket-proxyd's options, parsed the way its
+// getopt_long() does (options and the target in any order, "--", unique
+// prefixes of long options, "-c5", same error texts), plus our extensions.
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseAddress } from './target';
+import { parseLogLevel } from './log';
+import { USEC_INFINITY, USEC_PER_MSEC, USEC_PER_SEC, parseTimespan } from './timespan';
+
+export const PROGRAM = 'socket-proxyd';
+
+export interface CliOptions {
+  /** HOST:PORT, [IPv6]:PORT, HOST (port 80), /path or @abstract. */
+  target: string;
+  /** -c: simultaneous connections (exact). */
+  maxConnections: number;
+  /** --exit-idle-time, in µs; USEC_INFINITY for never. */
+  exitIdleTime: bigint;
+  /** --listen addresses, in order. */
+  listen: string[];
+  /** --drain-timeout, in µs; USEC_INFINITY waits for every connection. */
+  drainTimeout: bigint;
+  /** --log-level (0–7), if given: wins over SYSTEMD_LOG_LEVEL. */
+  logLevel?: number;
+  /** --workers, if given. */
+  workers?: number;
+  /** --connect-timeout, in µs. */
+  connectTimeout: bigint;
+  /** --resolve-interval, in µs. */
+  resolveInterval: bigint;
+}
+
+export type ParsedCommandLine = { action: 'help' } | { action: 'version' } | { action: 'run'; options: CliOptions };
+
+/** A bad command line: print `message` on one line, exit 1. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export const DEFAULTS = {
+  maxConnections: 256,
+  exitIdleTime: USEC_INFINITY,
+  drainTimeout: 5n * USEC_PER_SEC,
+  connectTimeout: 10n * USEC_PER_SEC,
+  resolveInterval: 30n * USEC_PER_SEC,
+} as const;
+
+/** The longest timer Node can arm (setTimeout's limit, about 24.8 days). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_WORKERS = 256;
+
+interface OptionSpec {
+  long: string;
+  short?: string;
+  hasArg: boolean;
+  /** Not in systemd-socket-proxyd. */
+  extension?: boolean;
+}
+
+const OPTIONS: OptionSpec[] = [
+  { long: 'help', short: 'h', hasArg: false },
+  { long: 'version', hasArg: false },
+  { long: 'connections-max', short: 'c', hasArg: true },
+  { long: 'exit-idle-time', hasArg: true },
+  // Extensions.
+  { long: 'listen', hasArg: true, extension: true },
+  { long: 'drain-timeout', hasArg: true, extension: true },
+  { long: 'log-level', hasArg: true, extension: true },
+  { long: 'workers', hasArg: true, extension: true },
+  { long: 'connect-timeout', hasArg: true, extension: true },
+  { long: 'resolve-interval', hasArg: true, extension: true },
+];
+
+export function helpText(): string {
+  return `${PROGRAM} [OPTIONS...] HOST:PORT
+${PROGRAM} [OPTIONS...] SOCKET
+
+Bidirectionally proxy local sockets to another (possibly remote) socket.
+A drop-in replacement for systemd-socket-proxyd. HOST may be a name, an IPv4
+address or an IPv6 address ([::1]:8080 or ::1:8080); without :PORT it means
+port 80. SOCKET is a UNIX socket path, or @NAME for an abstract socket.
+
+  -c --connections-max=N  Set the maximum number of connections to be accepted
+                          (default 256; exactly N are served at once, the
+                          next client is closed at once)
+     --exit-idle-time=SPAN
+                          Exit when without a connection for this duration
+                          (default infinity). See the systemd.time(7) man page
+                          for time span format
+  -h --help               Show this help
+     --version            Show package version
+
+Extensions (not in systemd-socket-proxyd):
+     --listen=ADDRESS     Listen on ADDRESS (HOST:PORT, [IPv6]:PORT, /path or
+                          @name) besides any sockets passed in; repeatable.
+                          For use without systemd
+     --drain-timeout=SPAN On SIGTERM/SIGINT, stop accepting and let open
+                          connections finish for up to SPAN (default 5s;
+                          0 closes them at once). A second signal exits at once
+     --log-level=LEVEL    emerg, alert, crit, err, warning, notice, info
+                          (default) or debug, or 0-7. Overrides
+                          $SYSTEMD_LOG_LEVEL
+     --workers=N          Forwarding threads (default: CPUs, at most 4)
+     --connect-timeout=SPAN
+                          Time allowed for each target address to accept a
+                          connection (default 10s)
+     --resolve-interval=SPAN
+                          How often a HOST name is resolved again, so new
+                          connections follow DNS changes (default 30s)
+
+Listening sockets come from systemd socket activation ($LISTEN_FDS, see
+sd_listen_fds(3)); each must be a listening stream socket. Under systemd it
+reports READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 to $NOTIFY_SOCKET
+(use Type=notify), and logs with journal priorities.
+
+Exit status: 0 after --exit-idle-time, after SIGTERM or SIGINT, and for --help
+and --version; 1 for a bad command line, no or unusable listening sockets, or
+any other failure to start.
+
+See the systemd-socket-proxyd(8) man page for details.
+`;
+}
+
+export function versionText(): string {
+  let version = 'unknown';
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version?: string };
+    version = pkg.version ?? version;
+  } catch {
+    // keep "unknown"
+  }
+  return `${PROGRAM} ${version} (compatible with systemd-socket-proxyd)\n`;
+}
+
+/**
+ * Parses an unsigned int like systemd's safe_atou(): leading whitespace, an
+ * optional "+", decimal, 0x hex or 0 octal; "-" only for zero; 32 bits.
+ */
+export function parseUnsigned(text: string): number | null {
+  const s = text.replace(/^[ \t\n\r]+/, '');
+  const m = /^([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(s);
+  if (!m) return null;
+  const digits = m[2];
+  const value = /^0[xX]/.test(digits)
+    ? BigInt(digits)
+    : digits.length > 1 && digits.startsWith('0')
+      ? BigInt(`0o${digits.slice(1)}`)
+      : BigInt(digits);
+  if (m[1] === '-' && value !== 0n) return null;
+  if (value > 0xffffffffn) return null;
+  return Number(value);
+}
+
+function parseSpan(option: string, value: string): bigint {
+  try {
+    return parseTimespan(value);
+  } catch {
+    throw new UsageError(`Failed to parse --${option}= argument: ${value}`);
+  }
+}
+
+function spanInRange(option: string, value: string, usec: bigint, { min = 0n, finite = false } = {}): bigint {
+  if (usec < min) throw new UsageError(`--${option}= is too short: ${value}`);
+  if (finite && usec === USEC_INFINITY) throw new UsageError(`--${option}= must be finite: ${value}`);
+  return usec;
+}
+
+/** Finds a long option by its name or a unique prefix, like getopt_long. */
+function findLong(name: string, given: string): OptionSpec {
+  const exact = OPTIONS.find((o) => o.long === name);
+  if (exact) return exact;
+  // Abbreviations that systemd-socket-proxyd takes ("--conn=3") keep meaning
+  // its options: they win over our extensions.
+  const original = OPTIONS.filter((o) => !o.extension && o.long.startsWith(name));
+  if (original.length === 1 && name !== '') return original[0];
+  const candidates = OPTIONS.filter((o) => o.long.startsWith(name));
+  if (candidates.length === 1 && name !== '') return candidates[0];
+  if (candidates.length > 1 && name !== '') {
+    throw new UsageError(
+      `option '${given}' is ambiguous; possibilities: ${candidates.map((o) => `'--${o.long}'`).join(' ')}`,
+    );
+  }
+  throw new UsageError(`unrecognized option '${given}'`);
+}
+
+/**
+ * Parses argv (without node and the script). Returns what to do; throws
+ * UsageError for anything wrong, with the message to print.
+ */
+export function parseCommandLine(argv: string[]): ParsedCommandLine {
+  const positional: string[] = [];
+  const o: Omit<CliOptions, 'target'> = {
+    maxConnections: DEFAULTS.maxConnections,
+    exitIdleTime: DEFAULTS.exitIdleTime,
+    listen: [],
+    drainTimeout: DEFAULTS.drainTimeout,
+    connectTimeout: DEFAULTS.connectTimeout,
+    resolveInterval: DEFAULTS.resolveInterval,
+  };
+
+  // Applies one option; returns an action for --help/--version.
+  const apply = (spec: OptionSpec, value: string): ParsedCommandLine | null => {
+    switch (spec.long) {
+      case 'help':
+        return { action: 'help' };
+      case 'version':
+        return { action: 'version' };
+      case 'connections-max': {
+        const n = parseUnsigned(value);
+        if (n === null) throw new UsageError(`Failed to parse --connections-max= argument: ${value}`);
+        if (n < 1) throw new UsageError('Connection limit is too low.');
+        o.maxConnections = n;
+        return null;
+      }
+      case 'exit-idle-time':
+        o.exitIdleTime = parseSpan(spec.long, value);
+        return null;
+      case 'listen':
+        try {
+          parseAddress(value, undefined, true);
+        } catch (error) {
+          throw new UsageError(`Failed to parse --listen= argument: ${(error as Error).message}`);
+        }
+        o.listen.push(value);
+        return null;
+      case 'drain-timeout':
+        o.drainTimeout = parseSpan(spec.long, value);
+        return null;
+      case 'log-level': {
+        const level = parseLogLevel(value);
+        if (level === null) throw new UsageError(`Failed to parse --log-level= argument: ${value}`);
+        o.logLevel = level;
+        return null;
+      }
+      case 'workers': {
+        const n = parseUnsigned(value);
+        if (n === null) throw new UsageError(`Failed to parse --workers= argument: ${value}`);
+        if (n < 1 || n > MAX_WORKERS) throw new UsageError(`--workers= must be between 1 and ${MAX_WORKERS}: ${value}`);
+        o.workers = n;
+        return null;
+      }
+      case 'connect-timeout':
+        o.connectTimeout = spanInRange(spec.long, value, parseSpan(spec.long, value), { min: USEC_PER_MSEC, finite: true });
+        return null;
+      case 'resolve-interval':
+        o.resolveInterval = spanInRange(spec.long, value, parseSpan(spec.long, value), { min: USEC_PER_MSEC });
+        return null;
+      default:
+        throw new Error(`unhandled option --${spec.long}`);
+    }
+  };
+
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--') {
+      positional.push(...argv.slice(i + 1));
+      break;
+    }
+    if (arg.startsWith('--')) {
+      const eq = arg.indexOf('=');
+      const name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+      const given = eq < 0 ? arg : arg.slice(0, eq);
+      const spec = findLong(name, given);
+      let value = '';
+      if (spec.hasArg) {
+        if (eq >= 0) value = arg.slice(eq + 1);
+        else if (i + 1 < argv.length) value = argv[++i];
+        else throw new UsageError(`option '--${spec.long}' requires an argument`);
+      } else if (eq >= 0) {
+        throw new UsageError(`option '--${spec.long}' doesn't allow an argument`);
+      }
+      const action = apply(spec, value);
+      if (action) return action;
+      continue;
+    }
+    if (arg.startsWith('-') && arg !== '-') {
+      // A cluster of short options: "-h", "-c5", "-c 5".
+      for (let j = 1; j < arg.length; j++) {
+        const spec = OPTIONS.find((s) => s.short === arg[j]);
+        if (!spec) throw new UsageError(`invalid option -- '${arg[j]}'`);
+        let value = '';
+        if (spec.hasArg) {
+          if (j + 1 < arg.length) value = arg.slice(j + 1);
+          else if (i + 1 < argv.length) value = argv[++i];
+          else throw new UsageError(`option requires an argument -- '${arg[j]}'`);
+          j = arg.length;
+        }
+        const action = apply(spec, value);
+        if (action) return action;
+      }
+      continue;
+    }
+    positional.push(arg);
+  }
+
+  if (positional.length < 1) throw new UsageError('Not enough parameters.');
+  if (positional.length > 1) throw new UsageError('Too many parameters.');
+  const target = positional[0];
+  try {
+    parseAddress(target, 80);
+  } catch (error) {
+    throw new UsageError(`Failed to parse target "${target}": ${(error as Error).message}`);
+  }
+  return { action: 'run', options: { target, ...o } };
+}
+
+/** µs to a timer's ms, capped at what setTimeout can take. */
+export function timerMs(usec: bigint): number {
+  if (usec === USEC_INFINITY) return MAX_TIMER_MS;
+  return Math.min(MAX_TIMER_MS, Number(usec / USEC_PER_MSEC));
+}
