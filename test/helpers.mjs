@@ -338,3 +338,113 @@ export async function abstractRoundTrip(name, payload) {
   if (code !== 0) throw new Error(`socat to ${name} exited with status ${code}`);
   return result;
 }
+
+// ---------------------------------------------------------------------------
+// Helpers added for the differential suite (reference vs ours).
+
+/** Spawns a daemon-like command; the child carries stderrText and `exited` like activate()'s. */
+function spawnCollecting(command, args, env = {}) {
+  const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stderrText = '';
+  child.stdoutText = '';
+  child.stderr.on('data', (d) => (child.stderrText += d));
+  child.stdout.on('data', (d) => (child.stdoutText += d));
+  child.exited = new Promise((resolve, reject) => {
+    child.once('error', (e) => reject(e.code === 'ENOENT' ? new Error(`${command} is missing`) : e));
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+  return child;
+}
+
+/**
+ * Like activate(), with systemd-socket-activate itself run under `wrapper`
+ * (an argv prefix, e.g. from hostsNamespace()): the daemon it execs inherits it.
+ */
+export function activateWrapped(wrapper, listen, command, args, { env = {}, extra = [] } = {}) {
+  const listenArgs = (Array.isArray(listen) ? listen : [listen]).flatMap((l) => ['-l', l]);
+  return spawnCollecting(wrapper[0], [...wrapper.slice(1), ACTIVATE, ...listenArgs, ...extra, command, ...args], env);
+}
+
+/**
+ * An argv prefix that runs a command in a private mount namespace where
+ * `hostsFile` is bind-mounted over /etc/hosts (needs root; nothing outside changes).
+ */
+export function hostsNamespace(hostsFile) {
+  return ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', hostsFile];
+}
+
+/** Runs `getent ahosts NAME` under `wrapper`; resolves the stream addresses, in resolver order. */
+export async function resolveUnder(wrapper, name) {
+  const child = spawnCollecting(wrapper[0], [...wrapper.slice(1), 'getent', 'ahosts', name]);
+  const { code } = await child.exited;
+  if (code !== 0) throw new Error(`getent ahosts ${name} failed (${code}): ${child.stderrText}`);
+  return child.stdoutText.split('\n').filter((l) => /\sSTREAM\s/.test(l)).map((l) => l.split(/\s+/)[0]);
+}
+
+/**
+ * Socket activation without waiting for a client: python3 binds and listens on
+ * 127.0.0.1:port, puts the socket on fd 3, sets LISTEN_FDS=1 and LISTEN_PID
+ * and execs `command args…` at once (the pid stays the same).
+ */
+export function activateNow(port, command, args, { env = {} } = {}) {
+  const script = [
+    'import os, socket, sys',
+    's = socket.socket(socket.AF_INET, socket.SOCK_STREAM)',
+    's.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
+    "s.bind(('127.0.0.1', int(sys.argv[1])))",
+    's.listen(128)',
+    'fd = s.detach()',
+    'if fd != 3:',
+    '    os.dup2(fd, 3)',
+    '    os.close(fd)',
+    'os.set_inheritable(3, True)',
+    "os.environ['LISTEN_FDS'] = '1'",
+    "os.environ['LISTEN_PID'] = str(os.getpid())",
+    'os.execvp(sys.argv[2], sys.argv[2:])',
+  ].join('\n');
+  return spawnCollecting('python3', ['-c', script, String(port), command, ...args], env);
+}
+
+/**
+ * Receives sd_notify datagrams on the UNIX datagram socket `path` (python3).
+ * Resolves once bound: {messages (array, filled as they arrive), close()}.
+ */
+export async function notifyReceiver(path) {
+  const script = [
+    'import json, socket, sys',
+    's = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)',
+    's.bind(sys.argv[1])',
+    "print('bound', flush=True)",
+    'while True:',
+    '    print(json.dumps(s.recv(65536).decode()), flush=True)',
+  ].join('\n');
+  const child = spawn('python3', ['-c', script, path], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const messages = [];
+  let buffered = '';
+  let bound;
+  const ready = new Promise((resolve, reject) => {
+    bound = resolve;
+    child.once('error', (e) => reject(e.code === 'ENOENT' ? new Error('python3 is missing') : e));
+    child.once('exit', (code) => reject(new Error(`notify receiver exited (${code})`)));
+  });
+  child.stdout.on('data', (d) => {
+    buffered += d;
+    let nl;
+    while ((nl = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      if (line === 'bound') bound();
+      else messages.push(JSON.parse(line));
+    }
+  });
+  await ready;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  return {
+    messages,
+    pid: child.pid,
+    close: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
