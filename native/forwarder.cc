@@ -1,7 +1,8 @@
 // The data path. Each worker thread runs one epoll loop; every connection is a
 // client socket, an upstream socket and, per direction, a pipe that exists only
-// while bytes are in flight. Bytes move socket -> pipe -> socket with splice(2),
-// so they never enter user space.
+// while bytes are in flight. Bulk bytes move socket -> pipe -> socket with
+// splice(2), so they never enter user space; small messages are copied with
+// recv + send (see kCopyChunk), which takes fewer and cheaper syscalls.
 //
 // Epoll is edge-triggered and each socket is registered once: readiness is
 // remembered in Side::readable / Side::writable and cleared only when a
@@ -36,7 +37,12 @@ constexpr size_t kMaxSparePipes = 64;
 constexpr size_t kReservedPipes = 2;
 // Bytes one direction may move before other connections get their turn.
 constexpr size_t kTurnBudget = 4u << 20;
-constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+// Small messages are copied (recv + send) rather than spliced: a short recv
+// proves the socket drained, which saves the EAGAIN round a splice needs, and
+// copying a few KiB costs less than splicing them. A full read means bulk: the
+// direction switches to splice until a small read comes again.
+constexpr size_t kCopyChunk = 16 * 1024;
+constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
 
 int64_t NowMs() {
   timespec ts;
@@ -122,6 +128,8 @@ struct Side : Watch {
   int fd = -1;
   bool readable = false;
   bool writable = false;
+  // An end (or urgent data) was seen: read until EAGAIN, a short read proves nothing.
+  bool read_until_eagain = false;
   Side(Connection* c, const char* n) : Watch(kSide), conn(c), name(n) {}
 };
 
@@ -141,6 +149,7 @@ struct Direction {
   Pipe pipe;
   bool eof = false;   // `from` ended its stream
   bool done = false;  // ...and that end reached `to` as shutdown(SHUT_WR)
+  bool bulk = false;  // the last read filled its buffer: splice, don't copy
   Direction(Side* f, Side* t, Counter c) : from(f), to(t), counter(c) {}
 };
 
@@ -163,6 +172,7 @@ struct Connection {
 };
 
 enum class ShovelResult { kIdle, kYield, kNoPipe, kFailed };
+enum class StepResult { kNone, kProgress, kFailed };
 
 }  // namespace
 
@@ -183,6 +193,7 @@ class Worker {
   void HandleEvent(Watch* watch, uint32_t events);
   void OnWake();
   void OnSideEvent(Side* side, uint32_t events);
+  static void NoteReadiness(Side* side, uint32_t events);
 
   void OnListenerReadable(int listen_fd);
   void PauseAccepting(int err);
@@ -197,6 +208,8 @@ class Worker {
 
   void Pump(Connection* c);
   ShovelResult Shovel(Connection* c, Direction& d);
+  ShovelResult ShovelTurn(Connection* c, Direction& d, size_t* moved);
+  StepResult CopyThrough(Connection* c, Direction& d, size_t* moved);
   void RunReadyQueue();
   void Fail(Connection* c, const char* what, const Side* side, int err);
   void Close(Connection* c);
@@ -227,6 +240,7 @@ class Worker {
   Link ready_;
   std::vector<Connection*> graveyard_;  // freed after the event batch
   std::vector<Pipe> spare_pipes_;
+  std::unique_ptr<char[]> copy_buffer_{new char[kCopyChunk]};
 
   LogThrottle upstream_failure_log_;
   LogThrottle pipe_failure_log_;
@@ -523,8 +537,12 @@ void Worker::ConnectNext(Connection* c, int last_error) {
 
 void Worker::OnConnectResult(Connection* c, uint32_t events) {
   if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
-  int err = SocketError(c->upstream.fd);
-  if (err == 0 && !(events & EPOLLOUT)) err = ECONNREFUSED;
+  // Writable without an error or hang-up: connected. Otherwise ask why not.
+  int err = 0;
+  if (events & (EPOLLERR | EPOLLHUP)) {
+    err = SocketError(c->upstream.fd);
+    if (err == 0 && !(events & EPOLLOUT)) err = ECONNREFUSED;
+  }
   c->connecting.Unlink();
   if (err != 0) {
     close(c->upstream.fd);
@@ -535,7 +553,8 @@ void Worker::OnConnectResult(Connection* c, uint32_t events) {
   c->connected = true;
   c->targets.reset();
   c->upstream.writable = true;
-  c->upstream.readable = true;  // data may have come with the handshake
+  // Registered before connect(): bytes that came since raised EPOLLIN already.
+  NoteReadiness(&c->upstream, events);
   Pump(c);
 }
 
@@ -603,9 +622,14 @@ void Worker::OnSideEvent(Side* side, uint32_t events) {
       return;
     }
   }
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) side->readable = true;
-  if (events & (EPOLLOUT | EPOLLHUP)) side->writable = true;
+  NoteReadiness(side, events);
   if (c->connected) Pump(c);
+}
+
+void Worker::NoteReadiness(Side* side, uint32_t events) {
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLPRI)) side->readable = true;
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLPRI)) side->read_until_eagain = true;
+  if (events & (EPOLLOUT | EPOLLHUP)) side->writable = true;
 }
 
 void Worker::Pump(Connection* c) {
@@ -631,11 +655,30 @@ void Worker::Pump(Connection* c) {
 // the pipe holds, so a slow reader bounds what the proxy buffers.
 ShovelResult Worker::Shovel(Connection* c, Direction& d) {
   size_t moved = 0;
+  ShovelResult result = ShovelTurn(c, d, &moved);
+  // Counted once per turn: the counters are shared by every worker.
+  if (moved > 0) owner_->Count(d.counter, moved);
+  return result;
+}
+
+ShovelResult Worker::ShovelTurn(Connection* c, Direction& d, size_t* moved) {
   while (!d.done) {
     bool progress = false;
     Pipe& pipe = d.pipe;
 
-    if (!d.eof && d.from->readable && (!pipe.open() || pipe.bytes < pipe.capacity)) {
+    // Small messages go through the copy path while a spare pipe is at hand
+    // to catch what `to` does not take at once.
+    if (!d.eof && d.from->readable && !d.bulk && !pipe.open() && d.to->writable && !spare_pipes_.empty()) {
+      switch (CopyThrough(c, d, moved)) {
+        case StepResult::kFailed:
+          return ShovelResult::kFailed;
+        case StepResult::kProgress:
+          progress = true;
+          break;
+        case StepResult::kNone:
+          break;
+      }
+    } else if (!d.eof && d.from->readable && (!pipe.open() || pipe.bytes < pipe.capacity)) {
       if (!pipe.open() && !AcquirePipe(&pipe)) {
         int err = errno;
         if (IsResourceShortage(err)) {
@@ -651,6 +694,7 @@ ShovelResult Worker::Shovel(Connection* c, Direction& d) {
                          SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         pipe.bytes += static_cast<size_t>(n);
+        if (static_cast<size_t>(n) < kCopyChunk) d.bulk = false;
         progress = true;
       } else if (n == 0) {
         d.eof = true;
@@ -669,8 +713,7 @@ ShovelResult Worker::Shovel(Connection* c, Direction& d) {
       ssize_t n = splice(pipe.read_end, nullptr, d.to->fd, nullptr, pipe.bytes, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         pipe.bytes -= static_cast<size_t>(n);
-        moved += static_cast<size_t>(n);
-        owner_->Count(d.counter, static_cast<uint64_t>(n));
+        *moved += static_cast<size_t>(n);
         progress = true;
       } else if (n < 0 && errno == EAGAIN) {
         d.to->writable = false;
@@ -686,8 +729,11 @@ ShovelResult Worker::Shovel(Connection* c, Direction& d) {
 
     if (d.eof && !pipe.open()) {
       // Everything before the end has been delivered: pass the end on and let
-      // the other direction carry on (half-close).
-      if (shutdown(d.to->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+      // the other direction carry on (half-close). When that one is finished
+      // too, the close() that follows sends the end: both sockets were read to
+      // their end, so it is a FIN, not a reset.
+      const Direction& other = &d == &c->to_upstream ? c->to_client : c->to_upstream;
+      if (!other.done && shutdown(d.to->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
         Fail(c, "shutdown", d.to, errno);
         return ShovelResult::kFailed;
       }
@@ -695,9 +741,62 @@ ShovelResult Worker::Shovel(Connection* c, Direction& d) {
       break;
     }
     if (!progress) break;
-    if (moved >= kTurnBudget) return ShovelResult::kYield;
+    if (*moved >= kTurnBudget) return ShovelResult::kYield;
   }
   return ShovelResult::kIdle;
+}
+
+// One recv from `from` and one send to `to` through the worker's buffer. What
+// `to` does not take goes into a spare pipe, which holds it all: no more than
+// its capacity was read.
+StepResult Worker::CopyThrough(Connection* c, Direction& d, size_t* moved) {
+  Pipe& pipe = d.pipe;
+  size_t spare_capacity = spare_pipes_.back().capacity;
+  size_t want = spare_capacity < kCopyChunk ? spare_capacity : kCopyChunk;
+  ssize_t n = recv(d.from->fd, copy_buffer_.get(), want, MSG_DONTWAIT);
+  if (n == 0) {
+    d.eof = true;
+    return StepResult::kProgress;
+  }
+  if (n < 0) {
+    if (errno == EAGAIN) {
+      d.from->readable = false;
+      return StepResult::kNone;
+    }
+    if (errno == EINTR) return StepResult::kProgress;
+    Fail(c, "recv from", d.from, errno);
+    return StepResult::kFailed;
+  }
+  if (static_cast<size_t>(n) == want) {
+    d.bulk = true;
+  } else if (!d.from->read_until_eagain) {
+    // A stream socket's recv stops short only when its queue is empty; new
+    // bytes raise a new edge. Not after an end or urgent data was seen:
+    // recv stops before those, and they raise no second edge.
+    d.from->readable = false;
+  }
+  ssize_t sent = send(d.to->fd, copy_buffer_.get(), static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (sent < 0) {
+    if (errno != EAGAIN && errno != EINTR) {
+      Fail(c, "send to", d.to, errno);
+      return StepResult::kFailed;
+    }
+    if (errno == EAGAIN) d.to->writable = false;
+    sent = 0;
+  }
+  if (sent > 0) *moved += static_cast<size_t>(sent);
+  if (sent < n) {
+    size_t rest = static_cast<size_t>(n - sent);
+    AcquirePipe(&pipe);  // the spare one: cannot fail
+    ssize_t written = write(pipe.write_end, copy_buffer_.get() + sent, rest);
+    if (written != static_cast<ssize_t>(rest)) {
+      // Cannot happen (an empty pipe takes its capacity); never lose bytes quietly.
+      Fail(c, "write to pipe for", d.to, written < 0 ? errno : EAGAIN);
+      return StepResult::kFailed;
+    }
+    pipe.bytes = rest;
+  }
+  return StepResult::kProgress;
 }
 
 void Worker::RunReadyQueue() {
