@@ -6,7 +6,8 @@
 //
 // Epoll is edge-triggered and each socket is registered once: readiness is
 // remembered in Side::readable / Side::writable and cleared only when a
-// syscall answers EAGAIN, so the steady state needs no epoll_ctl at all.
+// syscall answers EAGAIN (or a recv comes back short, which proves the same),
+// so the steady state needs no epoll_ctl at all.
 #include "forwarder.h"
 
 #include <errno.h>
