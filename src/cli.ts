@@ -1,12 +1,20 @@
 // socket-proxyd's command line: a drop-in for systemd-socket-proxyd.
 // Parses argv (options.ts) and hands over to the daemon (daemon.ts).
 // A bad command line: one line on stderr, exit status 1, as the original.
+import { stderrIsJournal } from './log';
 import { PROGRAM, UsageError, helpText, parseCommandLine, versionText } from './options';
 
 function fail(message: string): never {
   process.stderr.on('error', () => {});
-  process.stderr.write(`${message}\n`);
+  // Under systemd an error is an error in the journal too, like the daemon's own lines.
+  process.stderr.write(`${stderrIsJournal() ? '<3>' : ''}${message}\n`);
   process.exit(1);
+}
+
+/** --help/--version output: a reader that went away (EPIPE) or a full disk is not a crash. */
+function print(text: string): void {
+  process.stdout.on('error', () => {});
+  process.stdout.write(text);
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -22,11 +30,11 @@ async function main(argv: string[]): Promise<void> {
     throw error;
   }
   if (parsed.action === 'help') {
-    process.stdout.write(helpText());
+    print(helpText());
     return;
   }
   if (parsed.action === 'version') {
-    process.stdout.write(versionText());
+    print(versionText());
     return;
   }
   // Loaded only now: --help and bad command lines need no addon.

@@ -83,6 +83,19 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
     env,
     onError: (error) => logger.warning(`Failed to notify the service manager: ${error.message}`),
   });
+  // Signal handlers go in before anything is announced (the startup line,
+  // READY=1): a SIGTERM right after them must stop us cleanly, not kill us
+  // with the default action. Until the proxy runs, a signal just exits.
+  let created: SocketProxy | null = null;
+  let signalHandler = (signal: NodeJS.Signals): void => {
+    logger.info(`Received ${signal} while starting; exiting.`);
+    created?.close();
+    process.exit(EXIT_SUCCESS);
+  };
+  const onAnySignal = (signal: NodeJS.Signals) => signalHandler(signal);
+  process.on('SIGTERM', onAnySignal);
+  process.on('SIGINT', onAnySignal);
+
   const proxy = new SocketProxy({
     target: options.target,
     fds: passed.map((s) => s.fd),
@@ -93,6 +106,7 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
     resolveInterval: Math.max(1, timerMs(options.resolveInterval)),
     logLevel: logger.level,
   });
+  created = proxy;
   proxy.on('log', (level, message) => logger.log(level, message));
   try {
     await proxy.start();
@@ -211,8 +225,7 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
       statusTimer = setInterval(() => notifier.status(statusText()), STATUS_INTERVAL_MS);
     }
   };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  signalHandler = onSignal;
 
   return new Promise<never>(() => {});
 }

@@ -1,0 +1,896 @@
+// The daemon's lifecycle, with real processes and sockets: socket activation
+// through systemd-socket-activate, --listen without systemd, sd_notify
+// (READY=1, STATUS=, STOPPING=1, WATCHDOG=1) received on a real UNIX datagram
+// socket, idle exit, graceful stop, signals, journal log prefixes, log
+// levels, and hostname targets resolved by the real resolver (glibc reading a
+// hosts file bind-mounted over /etc/hosts in a private mount namespace).
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  ACTIVATE, CLI, REFERENCE, abstractEchoServer, abstractName, abstractRoundTrip, activate, activateProxy, closed,
+  collect, connect, connectTo, echoServer, freePort, pattern, sha256, startServer, stop, waitFor, waitForPort, within,
+} from './helpers.mjs';
+
+const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-daemon-'));
+after(() => fs.rmSync(TMP, { recursive: true, force: true }));
+let tmpSeq = 0;
+const tmpPath = (name) => path.join(TMP, `${++tmpSeq}-${name}`);
+
+/** The test runner's environment without anything a service manager may have set for it. */
+function baseEnv(extra = {}) {
+  const env = { ...process.env };
+  for (const k of ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES', 'NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'JOURNAL_STREAM', 'SYSTEMD_LOG_LEVEL']) delete env[k];
+  return { ...env, ...extra };
+}
+
+/**
+ * Wraps a spawned process: collected stderr, `exited` ({code, signal}, also
+ * rejecting loudly when the program is missing), waitLine(re).
+ */
+function track(child) {
+  child.stderrText = '';
+  child.stderr?.on('data', (d) => (child.stderrText += d));
+  child.stdout?.on('data', () => {});
+  child.exited = new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+  });
+  child.exited.catch(() => {});
+  return withLines(child);
+}
+
+/** Adds lines() and waitLine(re, ms) over child.stderrText (as track() and helpers.mjs's activate() collect it). */
+function withLines(child) {
+  child.lines = () => child.stderrText.split('\n').filter(Boolean);
+  child.waitLine = async (re, ms = 10000) => {
+    const line = await Promise.race([
+      waitFor(() => child.lines().find((l) => re.test(l)), ms),
+      child.exited.then(() => child.lines().find((l) => re.test(l))),
+    ]);
+    if (!line) throw new Error(`no line matching ${re} within ${ms} ms; stderr:\n${child.stderrText}`);
+    return line;
+  };
+  return child;
+}
+
+/** Runs the CLI directly (not socket-activated). */
+function runCli(args, { env = {}, stdio = ['ignore', 'ignore', 'pipe'] } = {}) {
+  return track(spawn(process.execPath, [CLI, ...args], { env: baseEnv(env), stdio }));
+}
+
+/** Runs `program args…` with fd 3 = stdio[3], LISTEN_FDS=1 and LISTEN_PID = `pid` ("self" = its own pid). */
+function runWithFd3(program, args, fd3, { pid = 'self', env = {} } = {}) {
+  const listenPid = pid === 'self' ? '$$' : String(pid);
+  return track(
+    spawn('sh', ['-c', `LISTEN_PID=${listenPid} LISTEN_FDS=1 exec "$0" "$@"`, program, ...args], {
+      env: baseEnv(env),
+      stdio: ['ignore', 'ignore', 'pipe', fd3],
+    }),
+  );
+}
+
+/** activateProxy() (helpers.mjs), with lines()/waitLine() on the child. */
+async function activated(args, options) {
+  const { child, port } = await activateProxy(args, options);
+  return { child: withLines(child), port };
+}
+
+/** Starts the CLI with --listen on a fresh port (plus `args`); resolves {child, port} once it logged its startup line. */
+async function listenProxy(args, options = {}) {
+  const port = await freePort();
+  const child = runCli([`--listen=127.0.0.1:${port}`, ...args], options);
+  await child.waitLine(/Listening on/);
+  return { child, port };
+}
+
+/** Sends `text`, half-closes, resolves everything read back. */
+async function roundTrip(port, text, host = '127.0.0.1') {
+  const c = await connect(port, host);
+  const done = closed(c);
+  c.end(text);
+  const r = await within(done, 10000, `no reply through port ${port}`);
+  return r.data.toString();
+}
+
+/** Greets every connection with `word`, answers each chunk with `word` + chunk, ends when the client ends. */
+const greeter = (word) => (s) => {
+  s.on('error', () => {});
+  s.write(word);
+  s.on('data', (d) => s.write(`${word}${d}`));
+};
+const wordServer = (word, host) => startServer(greeter(word), host);
+
+const expectExit = async (child, code, ms = 10000) => {
+  const r = await within(child.exited, ms, `process still running after ${ms} ms; stderr:\n${child.stderrText}`);
+  assert.deepEqual(r, { code, signal: null }, child.stderrText);
+};
+
+const alive = (child) => child.exitCode === null && child.signalCode === null;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * A notification socket like systemd's: AF_UNIX datagrams received by python3
+ * (Node has no UNIX datagram sockets). `address` is a path or "@abstract".
+ * messages: [{text, t (receiver's clock, ms), at (Date.now() on arrival)}].
+ */
+async function notifyReceiver(address) {
+  const script = `
+import json, socket, sys, time
+a = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind('\\0' + a[1:] if a.startswith('@') else a)
+print('bound', flush=True)
+while True:
+    d = s.recv(65536)
+    print(json.dumps({'t': time.monotonic() * 1000, 'text': d.decode()}), flush=True)
+`;
+  const child = spawn('python3', ['-c', script, address], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', resolve);
+  });
+  const messages = [];
+  const listeners = new Set();
+  let buffered = '';
+  let bound;
+  const isBound = new Promise((r) => (bound = r));
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (d) => {
+    buffered += d;
+    let nl;
+    while ((nl = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      if (line === 'bound') { bound(); continue; }
+      const m = { ...JSON.parse(line), at: Date.now() };
+      messages.push(m);
+      for (const l of listeners) l(m);
+    }
+  });
+  await within(Promise.race([isBound, exited.then((code) => { throw new Error(`python3 receiver exited with ${code}`); })]), 10000, 'python3 receiver did not bind');
+  return {
+    address,
+    messages,
+    /** Calls fn on every new message (synchronously, as it arrives). */
+    onMessage: (fn) => listeners.add(fn),
+    /** Resolves the first message (already received or later) whose text matches `re`. */
+    wait: async (re, ms = 10000) => {
+      const m = await waitFor(() => messages.find((x) => re.test(x.text)), ms, 10);
+      if (!m) throw new Error(`no notification matching ${re} within ${ms} ms; got ${JSON.stringify(messages.map((x) => x.text))}`);
+      return m;
+    },
+    close: async () => {
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** Fields of a notification ("READY=1\nSTATUS=…") as an object. */
+const fields = (text) => Object.fromEntries(text.split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+
+// ---------------------------------------------------------------------------
+// Socket activation
+
+test('socket-activated: forwards bytes both ways and logs what it listens on', async () => {
+  const upstream = await echoServer();
+  const { child, port } = await activateProxy([upstream.target]);
+  try {
+    const payload = pattern(1 << 20, 7);
+    const c = await connect(port);
+    const reply = collect(c);
+    c.end(payload);
+    const r = await within(reply, 15000, 'no echo');
+    assert.equal(r.bytes, payload.length);
+    assert.equal(r.sha256, sha256(payload));
+    await waitFor(() => /Listening on fd 3/.test(child.stderrText));
+    assert.match(child.stderrText, new RegExp(`Listening on fd 3 \\(127\\.0\\.0\\.1:${port}\\); forwarding to ${upstream.target.replace(/\./g, '\\.')}\\.`));
+    assert.deepEqual(await stop(child), { code: 0, signal: null }, child.stderrText);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await upstream.close();
+  }
+});
+
+test('LISTEN_FDNAMES (--fdname=) names the sockets in the startup line; both forward', async () => {
+  const upstream = await echoServer();
+  const [p1, p2] = [await freePort(), await freePort()];
+  const child = activate([`127.0.0.1:${p1}`, `127.0.0.1:${p2}`], process.execPath, [CLI, upstream.target], { extra: ['--fdname=web:api'] });
+  try {
+    await waitForPort(p1);
+    const line = await withLines(child).waitLine(/^Listening on fd 3/);
+    assert.match(line, new RegExp(`Listening on fd 3 "web" \\(127\\.0\\.0\\.1:${p1}\\), fd 4 "api" \\(127\\.0\\.0\\.1:${p2}\\); forwarding to`));
+    assert.equal(await roundTrip(p1, 'one'), 'one');
+    assert.equal(await roundTrip(p2, 'two'), 'two');
+    assert.deepEqual(await stop(child), { code: 0, signal: null }, child.stderrText);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await upstream.close();
+  }
+});
+
+/** The lines a program wrote after systemd-socket-activate's own "Execing …" line. */
+const linesAfterExec = (text) => {
+  const all = text.split('\n').filter(Boolean);
+  const i = all.findIndex((l) => l.startsWith('Execing '));
+  assert.ok(i >= 0, `systemd-socket-activate did not exec: ${text}`);
+  return all.slice(i + 1);
+};
+
+test('a passed datagram socket: one error line, exit 1 (like the reference)', async () => {
+  for (const program of [[process.execPath, CLI], [REFERENCE]]) {
+    const port = await freePort();
+    const child = track(spawn(ACTIVATE, ['--datagram', '-l', `127.0.0.1:${port}`, ...program, '127.0.0.1:9'], { env: baseEnv(), stdio: ['ignore', 'ignore', 'pipe'] }));
+    await waitFor(() => /Listening on/.test(child.stderrText));
+    const udp = dgram.createSocket('udp4');
+    udp.send('wake up', port, '127.0.0.1');
+    try {
+      const r = await within(child.exited, 10000, 'did not exit');
+      assert.deepEqual(r, { code: 1, signal: null }, child.stderrText);
+    } finally {
+      udp.close();
+    }
+    const out = linesAfterExec(child.stderrText);
+    assert.equal(out.length, 1, child.stderrText);
+    assert.match(out[0], /^Passed in socket is not a stream socket/);
+    if (program[0] === process.execPath) assert.match(out[0], /fd 3 is a dgram socket/);
+  }
+});
+
+test('a passed socket that is not listening, or not a socket: one error line, exit 1 (like the reference)', async () => {
+  // stdio 'pipe' is a connected UNIX stream socket pair (libuv).
+  for (const [fd3, what] of [['pipe', /fd 3 is a stream socket that is not listening/], [() => fs.openSync(os.devNull, 'r'), /fd 3 is not a socket/]]) {
+    for (const program of [[process.execPath, CLI], [REFERENCE]]) {
+      const fd = typeof fd3 === 'function' ? fd3() : fd3;
+      const child = runWithFd3(program[0], [...program.slice(1), '127.0.0.1:9'], fd);
+      try {
+        const r = await within(child.exited, 10000, 'did not exit');
+        assert.deepEqual(r, { code: 1, signal: null }, child.stderrText);
+      } finally {
+        if (typeof fd === 'number') fs.closeSync(fd);
+      }
+      const out = child.lines();
+      assert.equal(out.length, 1, child.stderrText);
+      if (program[0] === process.execPath) assert.match(out[0], what);
+      else assert.ok(out[0].length > 0);
+    }
+  }
+});
+
+test('no sockets at all: "Didn\'t get any sockets passed in.", exit 1 (like the reference)', async () => {
+  for (const program of [[process.execPath, CLI], [REFERENCE]]) {
+    const child = track(spawn(program[0], [...program.slice(1), '127.0.0.1:9'], { env: baseEnv(), stdio: ['ignore', 'ignore', 'pipe'] }));
+    await expectExit(child, 1);
+    assert.deepEqual(child.lines(), ["Didn't get any sockets passed in."]);
+  }
+});
+
+test('LISTEN_PID of another process: the passed fds are ignored', async () => {
+  // fd 3 is a connected socket: taken as passed in, it would be an error.
+  const child = runWithFd3(process.execPath, [CLI, '127.0.0.1:9'], 'pipe', { pid: 1 });
+  await expectExit(child, 1);
+  assert.deepEqual(child.lines(), ["Didn't get any sockets passed in."]);
+
+  // With --listen it starts, and does not mention fd 3.
+  const upstream = await echoServer();
+  const port = await freePort();
+  const withListen = runWithFd3(process.execPath, [CLI, `--listen=127.0.0.1:${port}`, upstream.target], 'pipe', { pid: 1 });
+  try {
+    const line = await withListen.waitLine(/Listening on/);
+    assert.equal(line, `Listening on 127.0.0.1:${port}; forwarding to ${upstream.target}.`);
+    assert.equal(await roundTrip(port, 'ignored fd 3'), 'ignored fd 3');
+    withListen.kill('SIGTERM');
+    await expectExit(withListen, 0);
+  } finally {
+    if (alive(withListen)) withListen.kill('SIGKILL');
+    await upstream.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// --listen without systemd
+
+test('--listen without systemd: HOST:PORT, /path and @abstract, all forwarding', async () => {
+  const upstream = await echoServer();
+  const port = await freePort();
+  const unixPath = tmpPath('listen.sock');
+  const abstract = abstractName('listen');
+  const child = runCli([`--listen=127.0.0.1:${port}`, `--listen=${unixPath}`, `--listen=${abstract}`, upstream.target]);
+  try {
+    const line = await child.waitLine(/Listening on/);
+    assert.equal(line, `Listening on 127.0.0.1:${port}, ${unixPath}, ${abstract}; forwarding to ${upstream.target}.`);
+    assert.equal(await roundTrip(port, 'tcp'), 'tcp');
+    const u = await connectTo(unixPath);
+    const done = closed(u);
+    u.end('unix path');
+    assert.equal((await within(done, 10000)).data.toString(), 'unix path');
+    const payload = pattern(100_000, 3);
+    const r = await abstractRoundTrip(abstract, payload);
+    assert.equal(r.sha256, sha256(payload));
+    child.kill('SIGTERM');
+    await expectExit(child, 0);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await upstream.close();
+  }
+});
+
+test('--listen to an abstract target and a port already in use', async () => {
+  const upstream = await abstractEchoServer(abstractName('target'));
+  const { child, port } = await listenProxy([upstream.target]);
+  try {
+    assert.equal(await roundTrip(port, 'to abstract'), 'to abstract');
+    // A second instance cannot bind the same port: one line, exit 1.
+    const second = runCli([`--listen=127.0.0.1:${port}`, upstream.target]);
+    await expectExit(second, 1);
+    assert.equal(second.lines().length, 1, second.stderrText);
+    assert.match(second.stderrText, /127\.0\.0\.1:\d+|address already in use/i);
+    child.kill('SIGTERM');
+    await expectExit(child, 0);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await upstream.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// sd_notify
+
+
+test('sd_notify: READY=1 once the port accepts, STATUS= follows live counts at most once a second and only on change, STOPPING=1 on SIGTERM', async () => {
+  const upstream = await echoServer();
+  const notify = await notifyReceiver(tmpPath('notify.sock'));
+  const port = await freePort();
+  // The moment READY=1 arrives, the port must take a connection.
+  let probe = null;
+  notify.onMessage((m) => {
+    if (!probe && /^READY=1$/m.test(m.text)) {
+      probe = new Promise((resolve) => {
+        const s = net.connect({ port, host: '127.0.0.1' });
+        s.once('connect', () => { s.destroy(); resolve('accepted'); });
+        s.once('error', (e) => resolve(e.code));
+      });
+    }
+  });
+  const child = runCli([`--listen=127.0.0.1:${port}`, '-c', '10', upstream.target], { env: { NOTIFY_SOCKET: notify.address } });
+  const clients = [];
+  try {
+    const ready = await notify.wait(/^READY=1$/m);
+    assert.equal(await probe, 'accepted');
+    assert.match(fields(ready.text).STATUS, new RegExp(`^Forwarding to ${upstream.target}: 0 of 10 connections open, 0 served$`));
+
+    // The probe was served: 0 open, 1 served.
+    await notify.wait(/^STATUS=.*: 0 of 10 connections open, 1 served$/m);
+    for (let i = 0; i < 3; i++) {
+      const c = await connect(port);
+      const done = closed(c);
+      c.write('x');
+      clients.push({ c, done });
+    }
+    await notify.wait(/^STATUS=.*: 3 of 10 connections open, 4 served$/m);
+    for (const { c } of clients) c.end();
+    for (const { done } of clients) await within(done, 10000);
+    const last = await notify.wait(/^STATUS=.*: 0 of 10 connections open, 4 served$/m);
+    // Nothing changes now: no more STATUS=.
+    await sleep(1500);
+    assert.equal(notify.messages.at(-1), last, `unexpected: ${notify.messages.at(-1).text}`);
+
+    // Never the same status twice in a row, never two within a second.
+    const statuses = notify.messages.filter((m) => fields(m.text).STATUS !== undefined);
+    for (let i = 1; i < statuses.length; i++) {
+      assert.notEqual(fields(statuses[i].text).STATUS, fields(statuses[i - 1].text).STATUS);
+      const gap = statuses[i].t - statuses[i - 1].t;
+      assert.ok(gap >= 850, `STATUS= twice within ${gap.toFixed(0)} ms: ${JSON.stringify(statuses.map((s) => s.text))}`);
+    }
+    assert.equal(notify.messages.filter((m) => /^READY=1$/m.test(m.text)).length, 1);
+
+    child.kill('SIGTERM');
+    const stopping = await notify.wait(/^STOPPING=1$/m);
+    assert.match(fields(stopping.text).STATUS, /^Stopping to /);
+    await expectExit(child, 0);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await notify.close();
+    await upstream.close();
+  }
+});
+
+test('NOTIFY_SOCKET naming nothing: one warning, and it serves anyway', async () => {
+  const upstream = await echoServer();
+  try {
+    const { child, port } = await listenProxy([upstream.target], { env: { NOTIFY_SOCKET: tmpPath('nobody-listens.sock') } });
+    try {
+      assert.equal(await roundTrip(port, 'served'), 'served');
+      child.kill('SIGTERM');
+      await expectExit(child, 0);
+      const warnings = child.lines().filter((l) => /Failed to notify the service manager/.test(l));
+      assert.equal(warnings.length, 1, child.stderrText);
+    } finally {
+      if (alive(child)) child.kill('SIGKILL');
+    }
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('sd_notify to an abstract @NOTIFY_SOCKET, socket-activated', async () => {
+  const upstream = await echoServer();
+  const name = abstractName('notify');
+  const notify = await notifyReceiver(name);
+  try {
+    const { child, port } = await activated([upstream.target], { extra: ['-E', `NOTIFY_SOCKET=${name}`] });
+    try {
+      const ready = await notify.wait(/^READY=1$/m);
+      assert.match(fields(ready.text).STATUS, / connections open, /);
+      assert.equal(await roundTrip(port, 'hello'), 'hello');
+      child.kill('SIGTERM');
+      await notify.wait(/^STOPPING=1$/m);
+      await expectExit(child, 0);
+    } finally {
+      if (alive(child)) child.kill('SIGKILL');
+    }
+  } finally {
+    await notify.close();
+    await upstream.close();
+  }
+});
+
+test('watchdog: WATCHDOG_USEC=200000 → WATCHDOG=1 about every 100 ms; not when WATCHDOG_PID names another process', async () => {
+  const upstream = await echoServer();
+  const mine = await notifyReceiver(tmpPath('wd.sock'));
+  const other = await notifyReceiver(tmpPath('wd-other.sock'));
+  const a = runCli([`--listen=127.0.0.1:${await freePort()}`, upstream.target], { env: { NOTIFY_SOCKET: mine.address, WATCHDOG_USEC: '200000' } });
+  const b = runCli([`--listen=127.0.0.1:${await freePort()}`, upstream.target], { env: { NOTIFY_SOCKET: other.address, WATCHDOG_USEC: '200000', WATCHDOG_PID: '1' } });
+  try {
+    await mine.wait(/^READY=1$/m);
+    await other.wait(/^READY=1$/m);
+    await sleep(1500);
+    const pings = mine.messages.filter((m) => m.text === 'WATCHDOG=1');
+    assert.ok(pings.length >= 7 && pings.length <= 25, `${pings.length} pings in about 1.5 s`);
+    const gaps = pings.slice(1).map((p, i) => p.t - pings[i].t).sort((x, y) => x - y);
+    const median = gaps[Math.floor(gaps.length / 2)];
+    assert.ok(median >= 60 && median <= 180, `median gap ${median.toFixed(0)} ms`);
+    assert.equal(other.messages.filter((m) => /WATCHDOG=1/.test(m.text)).length, 0);
+    for (const child of [a, b]) {
+      child.kill('SIGTERM');
+      await expectExit(child, 0);
+    }
+  } finally {
+    for (const child of [a, b]) if (alive(child)) child.kill('SIGKILL');
+    await mine.close();
+    await other.close();
+    await upstream.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// --exit-idle-time
+
+test('--exit-idle-time=1s with no clients: exits 0 about a second after start, saying STOPPING=1', async () => {
+  const upstream = await echoServer();
+  const notify = await notifyReceiver(tmpPath('idle-notify.sock'));
+  try {
+    const { child } = await listenProxy(['--exit-idle-time=1s', upstream.target], { env: { NOTIFY_SOCKET: notify.address } });
+    const t0 = Date.now();
+    await expectExit(child, 0);
+    const dt = Date.now() - t0;
+    assert.ok(dt >= 800 && dt < 5000, `exited ${dt} ms after start`);
+    assert.match(child.stderrText, /Exiting after 1s without connections\./);
+    await notify.wait(/^STOPPING=1$/m, 2000);
+  } finally {
+    await notify.close();
+    await upstream.close();
+  }
+});
+
+/** Writes `text` and resolves once as many bytes came back (an echo upstream). */
+async function exchange(socket, text) {
+  let got = '';
+  const reply = new Promise((resolve, reject) => {
+    const onData = (d) => {
+      got += d;
+      if (got.length >= text.length) {
+        socket.off('data', onData);
+        resolve(got);
+      }
+    };
+    socket.on('data', onData);
+    socket.once('error', reject);
+    socket.once('close', () => resolve(got));
+  });
+  socket.write(text);
+  return within(reply, 10000, `no echo of ${text}`);
+}
+
+test('--exit-idle-time: not while a connection is open; counted again from when it closes', async () => {
+  const upstream = await echoServer();
+  try {
+    const { child, port } = await listenProxy(['--exit-idle-time=1s', upstream.target]);
+    const c = await connect(port);
+    assert.equal(await exchange(c, 'hold'), 'hold');
+    await sleep(2000);
+    assert.ok(alive(child), `exited with a connection open: ${child.stderrText}`);
+    assert.equal(await exchange(c, 'still here'), 'still here');
+    const done = closed(c);
+    c.end();
+    await within(done, 10000);
+    const t0 = Date.now();
+    await expectExit(child, 0);
+    const dt = Date.now() - t0;
+    assert.ok(dt >= 800 && dt < 5000, `exited ${dt} ms after the connection closed`);
+  } finally {
+    await upstream.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Stopping
+
+test('SIGTERM with a connection open: stops accepting, the connection carries on, its end lets the process exit 0', async () => {
+  const upstream = await echoServer();
+  const { child, port } = await activated(['--drain-timeout=1min', upstream.target]);
+  try {
+    await child.waitLine(/^Listening on fd 3/);
+    const c = await connect(port);
+    assert.equal(await exchange(c, 'before'), 'before');
+    child.kill('SIGTERM');
+    await child.waitLine(/Received SIGTERM; no longer accepting, waiting up to 1min for 1 open connection to finish\./);
+    await assert.rejects(connect(port), { code: 'ECONNREFUSED' });
+    assert.equal(await exchange(c, 'after'), 'after');
+    await sleep(300);
+    assert.ok(alive(child));
+    const done = closed(c);
+    c.end();
+    await within(done, 10000);
+    await expectExit(child, 0);
+    assert.match(child.stderrText, /All connections finished; exiting\./);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await upstream.close();
+  }
+});
+
+test('--drain-timeout bounds the wait for open connections', async () => {
+  const upstream = await echoServer();
+  const { child, port } = await activated(['--drain-timeout=1s', upstream.target]);
+  try {
+    const c = await connect(port);
+    assert.equal(await exchange(c, 'open'), 'open');
+    const done = closed(c);
+    child.kill('SIGTERM');
+    const t0 = Date.now();
+    await expectExit(child, 0);
+    const dt = Date.now() - t0;
+    assert.ok(dt >= 800 && dt < 6000, `exited ${dt} ms after SIGTERM`);
+    await within(done, 5000, 'the open connection was not closed');
+    assert.match(child.stderrText, /Closing 1 connection still open after 1s\./);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await upstream.close();
+  }
+});
+
+test('a second SIGTERM (or SIGINT) exits at once with status 0', async () => {
+  const upstream = await echoServer();
+  try {
+    for (const second of ['SIGTERM', 'SIGINT']) {
+      const { child, port } = await activated(['--drain-timeout=1min', upstream.target]);
+      const c = await connect(port);
+      assert.equal(await exchange(c, 'open'), 'open');
+      const done = closed(c);
+      child.kill('SIGTERM');
+      await child.waitLine(/no longer accepting/);
+      child.kill(second);
+      await expectExit(child, 0, 3000);
+      assert.match(child.stderrText, new RegExp(`Received ${second} again; closing 1 connection and exiting now\\.`));
+      await within(done, 5000, 'the open connection was not closed');
+    }
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('SIGTERM the moment the startup line appears: a clean exit 0, every time', async () => {
+  const upstream = await echoServer();
+  try {
+    for (let i = 0; i < 5; i++) {
+      const port = await freePort();
+      const child = runCli([`--listen=127.0.0.1:${port}`, upstream.target]);
+      child.stderr.on('data', () => {
+        if (/Listening on/.test(child.stderrText) && !child.signalled) {
+          child.signalled = true;
+          child.kill('SIGTERM');
+        }
+      });
+      await expectExit(child, 0);
+      assert.match(child.stderrText, /Received SIGTERM; exiting\./);
+    }
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('SIGINT with no connection exits 0 at once', async () => {
+  const upstream = await echoServer();
+  try {
+    const { child } = await listenProxy([upstream.target]);
+    child.kill('SIGINT');
+    await expectExit(child, 0, 3000);
+    assert.match(child.stderrText, /Received SIGINT; exiting\./);
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('SIGPIPE does not kill it, nor does a closed stderr', async () => {
+  const upstream = await echoServer();
+  try {
+    const { child, port } = await listenProxy([upstream.target]);
+    child.kill('SIGPIPE');
+    await sleep(200);
+    assert.ok(alive(child), `killed by ${child.signalCode}`);
+    assert.equal(await roundTrip(port, 'after SIGPIPE'), 'after SIGPIPE');
+    child.kill('SIGTERM');
+    await expectExit(child, 0);
+  } finally {
+    await upstream.close();
+  }
+
+  // Every client fails upstream (nothing listens there) and is logged: into a closed pipe.
+  const nowhere = await freePort();
+  const { child, port } = await listenProxy([`127.0.0.1:${nowhere}`]);
+  try {
+    child.stderr.destroy();
+    for (let i = 0; i < 3; i++) {
+      const c = await connect(port);
+      const r = await within(closed(c), 10000);
+      assert.equal(r.data.length, 0);
+      await sleep(100);
+    }
+    await sleep(1100); // past the 1/s log throttle: one more line into the closed pipe
+    const c = await connect(port);
+    await within(closed(c), 10000);
+    await sleep(200);
+    assert.ok(alive(child), `died: ${child.exitCode ?? child.signalCode}`);
+    child.kill('SIGTERM');
+    await expectExit(child, 0);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Logging
+
+/** Runs the CLI with stderr going to a file; resolves {child, file, dev, ino}. */
+function runToFile(args, env = (st) => ({})) {
+  const file = tmpPath('stderr.log');
+  const fd = fs.openSync(file, 'w');
+  const st = fs.fstatSync(fd, { bigint: true });
+  const child = track(spawn(process.execPath, [CLI, ...args], { env: baseEnv(env(st)), stdio: ['ignore', 'ignore', fd] }));
+  fs.closeSync(fd);
+  child.text = () => fs.readFileSync(file, 'utf8');
+  return child;
+}
+
+test('JOURNAL_STREAM naming stderr: lines carry <priority> prefixes; otherwise none', async () => {
+  const journal = (st) => ({ JOURNAL_STREAM: `${st.dev}:${st.ino}` });
+  // Errors are <3>.
+  const failing = runToFile(['127.0.0.1:9'], journal);
+  await expectExit(failing, 1);
+  assert.equal(failing.text(), "<3>Didn't get any sockets passed in.\n");
+  // Not our stderr (another inode), or not set: no prefix.
+  for (const env of [(st) => ({ JOURNAL_STREAM: `${st.dev}:${st.ino + 1n}` }), () => ({}), () => ({ JOURNAL_STREAM: 'garbage' })]) {
+    const plain = runToFile(['127.0.0.1:9'], env);
+    await expectExit(plain, 1);
+    assert.equal(plain.text(), "Didn't get any sockets passed in.\n");
+  }
+
+  // Info lines are <6>, warnings <4>.
+  const upstream = await echoServer();
+  const port = await freePort();
+  const nowhere = await freePort();
+  const child = runToFile([`--listen=127.0.0.1:${port}`, `127.0.0.1:${nowhere}`], (st) => ({ ...journal(st), SYSTEMD_LOG_LEVEL: 'debug' }));
+  try {
+    await waitForPort(port); // its probe fails upstream: a warning
+    await waitFor(() => /Failed to connect/.test(child.text()));
+    child.kill('SIGTERM');
+    await expectExit(child, 0);
+    const lines = child.text().split('\n').filter(Boolean);
+    for (const line of lines) assert.match(line, /^<[0-7]>/, `unprefixed line: ${line}`);
+    assert.ok(lines.includes(`<6>Listening on 127.0.0.1:${port}; forwarding to 127.0.0.1:${nowhere}.`), lines.join('\n'));
+    assert.ok(lines.some((l) => l.startsWith('<7>')), `no debug line: ${lines.join('\n')}`);
+    assert.ok(lines.some((l) => /^<4>Failed to connect to 127\.0\.0\.1:\d+/.test(l)), lines.join('\n'));
+    assert.equal(lines.at(-1), '<6>Received SIGTERM; exiting.');
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await upstream.close();
+  }
+});
+
+test('SYSTEMD_LOG_LEVEL: debug shows debug lines, err hides info; --log-level wins', async () => {
+  const upstream = await echoServer();
+  try {
+    const start = async (args, env) => {
+      const port = await freePort();
+      const child = runCli([`--listen=127.0.0.1:${port}`, ...args, upstream.target], { env });
+      await waitForPort(port);
+      await sleep(200);
+      child.kill('SIGTERM');
+      await expectExit(child, 0);
+      return child.stderrText;
+    };
+    const debugRe = /^File descriptor limit: /m;
+    const info = await start([], {});
+    assert.match(info, /^Listening on /m);
+    assert.doesNotMatch(info, debugRe);
+
+    const debug = await start([], { SYSTEMD_LOG_LEVEL: 'debug' });
+    assert.match(debug, debugRe);
+    assert.match(debug, /^Listening on /m);
+
+    assert.equal(await start([], { SYSTEMD_LOG_LEVEL: 'err' }), '');
+    assert.equal(await start([], { SYSTEMD_LOG_LEVEL: '3' }), '');
+    assert.match(await start(['--log-level=debug'], { SYSTEMD_LOG_LEVEL: 'err' }), debugRe);
+    assert.equal(await start(['--log-level=warning'], { SYSTEMD_LOG_LEVEL: 'debug' }), '');
+
+    const bogus = await start([], { SYSTEMD_LOG_LEVEL: 'chatty' });
+    assert.match(bogus, /^Failed to parse log level 'chatty'\. Ignoring\.$/m);
+    assert.match(bogus, /^Listening on /m);
+
+    // Errors still show at err.
+    const failing = runCli(['127.0.0.1:9'], { env: { SYSTEMD_LOG_LEVEL: 'err' } });
+    await expectExit(failing, 1);
+    assert.deepEqual(failing.lines(), ["Didn't get any sockets passed in."]);
+  } finally {
+    await upstream.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Hostname targets, resolved by the real resolver
+
+test('an unresolvable target name: each client is closed with a log line, the proxy keeps running on all its listeners', async () => {
+  const [p1, p2] = [await freePort(), await freePort()];
+  const child = runCli([`--listen=127.0.0.1:${p1}`, `--listen=127.0.0.1:${p2}`, 'nonexistent.invalid:80']);
+  try {
+    await child.waitLine(/Listening on/);
+    await child.waitLine(/Failed to resolve nonexistent\.invalid:80/);
+    for (const port of [p1, p2, p1]) {
+      const c = await connect(port);
+      c.write('anyone?');
+      const r = await within(closed(c), 10000, 'client not closed');
+      assert.equal(r.data.length, 0);
+      assert.ok(alive(child), child.stderrText);
+    }
+    await child.waitLine(/Failed to connect to upstream: no address to connect to/);
+    child.kill('SIGTERM');
+    await expectExit(child, 0);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+  }
+});
+
+/**
+ * Runs `command args…` in a private mount namespace whose /etc/hosts is
+ * `hostsFile` (bind-mounted; rewrite it in place to change what names
+ * resolve to). The system's /etc/hosts is untouched.
+ */
+function withHosts(hostsFile, command, args, { env = {}, stdio = ['ignore', 'pipe', 'pipe'] } = {}) {
+  return track(
+    // Unprivileged, a user namespace (mapped to root) lets the mount happen.
+    spawn('unshare', [...(process.getuid() === 0 ? [] : ['--map-root-user']), '--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', hostsFile, command, ...args], {
+      env: baseEnv(env),
+      stdio,
+    }),
+  );
+}
+
+/** True if nothing accepts on host:port. */
+const refused = (port, host) =>
+  new Promise((resolve) => {
+    const s = net.connect({ port, host });
+    s.once('connect', () => { s.destroy(); resolve(false); });
+    s.once('error', () => resolve(true));
+  });
+
+test('localhost:PORT resolving to ::1 and 127.0.0.1 reaches an upstream on either one alone (fallback to the next address)', async () => {
+  const hosts = tmpPath('hosts');
+  fs.writeFileSync(hosts, '127.0.0.1 localhost\n::1 localhost\n');
+  const getent = withHosts(hosts, 'getent', ['ahostsv4', 'localhost']);
+  let out = '';
+  getent.stdout.on('data', (d) => (out += d));
+  assert.deepEqual(await getent.exited, { code: 0, signal: null }, getent.stderrText);
+  assert.match(out, /^127\.0\.0\.1\s+STREAM localhost/m);
+  const getent6 = withHosts(hosts, 'getent', ['ahosts', 'localhost']);
+  let out6 = '';
+  getent6.stdout.on('data', (d) => (out6 += d));
+  await getent6.exited;
+  const order = [...out6.matchAll(/^(\S+)\s+STREAM/gm)].map((m) => m[1]);
+  assert.deepEqual([...order].sort(), ['127.0.0.1', '::1'], `localhost resolves to ${order}`);
+
+  // Whichever address comes first, the one upstream that listens is reached;
+  // for one of the two the first address is refused and the next one is used.
+  for (const [host, other] of [['::1', '127.0.0.1'], ['127.0.0.1', '::1']]) {
+    let upstream;
+    for (let i = 0; i < 5; i++) {
+      upstream = await wordServer(`hello from ${host}`, host);
+      if (await refused(upstream.port, other)) break;
+      await upstream.close();
+      upstream = null;
+    }
+    assert.ok(upstream, `no port free on both ${host} and ${other}`);
+    const port = await freePort();
+    const child = withHosts(hosts, process.execPath, [CLI, `--listen=127.0.0.1:${port}`, `localhost:${upstream.port}`]);
+    try {
+      await child.waitLine(/Listening on/);
+      for (let i = 0; i < 3; i++) assert.equal(await roundTrip(port, ''), `hello from ${host}`, `resolver order ${order}`);
+      child.kill('SIGTERM');
+      await expectExit(child, 0);
+    } finally {
+      if (alive(child)) child.kill('SIGKILL');
+      await upstream.close();
+    }
+  }
+});
+
+test('DNS changes reach new connections within --resolve-interval (hosts file rewritten under a running proxy)', async () => {
+  const hosts = tmpPath('hosts');
+  fs.writeFileSync(hosts, '127.0.0.1 localhost\n');
+  // Same port on two addresses: A on 127.0.0.1, B on 127.0.0.2.
+  let a;
+  let b;
+  for (let i = 0; i < 5 && !b; i++) {
+    a = await wordServer('A', '127.0.0.1');
+    try {
+      const server = net.createServer(greeter('B'));
+      const open = new Set();
+      server.on('connection', (c) => { open.add(c); c.on('close', () => open.delete(c)); });
+      server.listen(a.port, '127.0.0.2');
+      await once(server, 'listening');
+      b = { close: () => new Promise((r) => { server.close(r); for (const c of open) c.destroy(); }) };
+    } catch {
+      await a.close();
+      b = null;
+    }
+  }
+  assert.ok(b, 'could not listen on the same port on 127.0.0.1 and 127.0.0.2');
+  const port = await freePort();
+  const name = 'svc.socket-proxyd-test.invalid';
+  const child = withHosts(hosts, process.execPath, [CLI, `--listen=127.0.0.1:${port}`, '--resolve-interval=300ms', `${name}:${a.port}`]);
+  try {
+    await child.waitLine(/Listening on/);
+    // Not resolvable yet: clients are closed, the proxy keeps trying.
+    await child.waitLine(new RegExp(`Failed to resolve ${name.replace(/\./g, '\\.')}`));
+    assert.equal(await roundTrip(port, ''), '');
+
+    const answer = async (want) => {
+      const got = await waitFor(async () => (await roundTrip(port, '')) === want, 5000, 50);
+      assert.ok(got, `new connections never reached ${want}; stderr:\n${child.stderrText}`);
+    };
+    fs.writeFileSync(hosts, `127.0.0.1 localhost\n127.0.0.1 ${name}\n`);
+    await answer('A');
+    // A connection opened now stays with A while the name moves.
+    const held = await connect(port);
+    const heldDone = closed(held);
+    assert.ok(await waitFor(() => held.bytesRead >= 1), 'no greeting from A');
+    fs.writeFileSync(hosts, `127.0.0.1 localhost\n127.0.0.2 ${name}\n`);
+    await answer('B');
+    for (let i = 0; i < 3; i++) assert.equal(await roundTrip(port, ''), 'B');
+    held.end('-still-here');
+    assert.equal((await within(heldDone, 5000)).data.toString(), 'AA-still-here');
+    child.kill('SIGTERM');
+    await expectExit(child, 0);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await a.close();
+    await b.close();
+  }
+});
