@@ -1,0 +1,863 @@
+#!/usr/bin/env node
+// Benchmark: socket-proxyd against systemd-socket-proxyd (the reference) and other TCP proxies.
+//
+//   npm run bench [-- --rounds N] [--quick] [--only WORKLOAD,..] [--proxies a,b] [--json FILE]
+//
+// Every workload runs in interleaved rounds: each round runs every proxy once per workload, in an order
+// that rotates from round to round, and the table shows medians. Every figure is also printed as a
+// ratio to systemd-socket-proxyd measured in the same run. Both socket-proxyd and the reference are
+// socket-activated by systemd-socket-activate, the way systemd starts them. Progress goes to stderr,
+// the report (markdown) to stdout. Not part of `npm test`.
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const HERE = path.join(ROOT, 'scripts', 'bench');
+const REFERENCE_BIN = '/lib/systemd/systemd-socket-proxyd';
+const APT = 'apt-get install -y iperf3 wrk nginx-light haproxy socat';
+
+// ---------------------------------------------------------------------------------------------------
+// Options
+
+const USAGE = `usage: node scripts/bench.mjs [options]
+  --rounds N          interleaved rounds (default 3; medians are reported)
+  --quick             2 rounds of 2 s instead of 3 s (a smoke run; figures are noisier)
+  --duration S        seconds per iperf3/wrk/stream run (default 3)
+  --only W[,W..]      workloads: ${'WORKLOADS'} (default: all)
+  --proxies P[,P..]   proxies: ${'PROXIES'} (default: all; the reference is always included)
+  --idle N            idle connections to hold (default 10000, lowered to what RLIMIT_NOFILE allows)
+  --json FILE         also write every sample and the summary as JSON
+  -h, --help`;
+
+const PROXIES = [
+  { id: 'direct', name: 'no proxy' },
+  { id: 'systemd', name: 'systemd-socket-proxyd' },
+  { id: 'ours', name: 'socket-proxyd' },
+  { id: 'haproxy', name: 'HAProxy (tcp, splice-auto)' },
+  { id: 'socat', name: 'socat' },
+  { id: 'node', name: 'Node net pipe' },
+];
+const REF = 'systemd';
+
+// Workloads. `rows` are the table rows each produces; `proxies` limits who takes part.
+const WORKLOADS = [
+  { id: 'bulk', rows: [{ id: 'bulk', label: 'iperf3 bulk client→server, Gbit/s', fmt: 'gbps', better: 'higher', target: 1.10 }] },
+  { id: 'bulk-reverse', rows: [{ id: 'bulk-reverse', label: 'iperf3 -R bulk server→client, Gbit/s', fmt: 'gbps', better: 'higher', target: 1.10 }] },
+  { id: 'keepalive-1k', rows: [{ id: 'keepalive-1k', label: 'wrk -t2 -c64 nginx 1 KiB keep-alive, req/s', fmt: 'int', better: 'higher', target: 2.0 }] },
+  { id: 'mib', rows: [{ id: 'mib', label: 'wrk -t2 -c16 nginx 1 MiB keep-alive, req/s', fmt: 'int', better: 'higher', target: 1.0 }] },
+  { id: 'newconn', rows: [{ id: 'newconn', label: 'wrk -t2 -c32 new connection per request (1 KiB), conn/s', fmt: 'int', better: 'higher', target: 1.8 }] },
+  {
+    id: 'idle',
+    proxies: ['systemd', 'ours', 'haproxy', 'node'],
+    rows: [
+      { id: 'idle-fds', label: 'idle connections: fds per connection (proxy process)', fmt: 'fds', better: 'lower', targetAbs: 2 },
+      { id: 'idle-rss', label: 'idle connections: RSS per connection, KiB', fmt: 'kib', better: 'lower' },
+    ],
+  },
+  {
+    id: 'cpu',
+    proxies: ['systemd', 'ours', 'haproxy', 'socat', 'node'],
+    derived: true, // measured during the bulk and bulk-reverse runs
+    rows: [{ id: 'cpu', label: 'CPU seconds per GiB forwarded (iperf3, both directions)', fmt: 'cpu', better: 'lower', target: 1.0 }],
+  },
+  {
+    id: 'bulk300',
+    proxies: ['direct', 'systemd', 'ours'],
+    rows: [{ id: 'bulk300', label: '300 concurrent bulk streams, proxy as nobody, aggregate Gbit/s', fmt: 'gbps', better: 'higher', target: 1.0 }],
+  },
+];
+
+let opts;
+try {
+  opts = parseArgs({
+    options: {
+      rounds: { type: 'string' },
+      quick: { type: 'boolean' },
+      duration: { type: 'string' },
+      only: { type: 'string' },
+      proxies: { type: 'string' },
+      idle: { type: 'string' },
+      json: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  }).values;
+} catch (e) {
+  console.error(`${e.message}\n${usage()}`);
+  process.exit(2);
+}
+function usage() {
+  return USAGE.replace("${'WORKLOADS'}", WORKLOADS.map((w) => w.id).join(','))
+    .replace("${'PROXIES'}", PROXIES.map((p) => p.id).join(','));
+}
+if (opts.help) {
+  console.log(usage());
+  process.exit(0);
+}
+const die = (msg, code = 2) => {
+  console.error(`bench: ${msg}`);
+  process.exit(code);
+};
+const ROUNDS = opts.rounds ? Number(opts.rounds) : opts.quick ? 2 : 3;
+const DURATION = opts.duration ? Number(opts.duration) : opts.quick ? 2 : 3;
+if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) die(`--rounds must be a positive integer`);
+if (!(Number.isInteger(DURATION) && DURATION >= 1)) die(`--duration must be a whole number of seconds (wrk takes no fractions)`);
+const IDLE_WANTED = opts.idle ? Number(opts.idle) : 10000;
+if (!(Number.isInteger(IDLE_WANTED) && IDLE_WANTED >= 1)) die('--idle must be a positive integer');
+
+let selectedWorkloads = WORKLOADS.map((w) => w.id);
+if (opts.only) {
+  selectedWorkloads = opts.only.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const w of selectedWorkloads) {
+    if (!WORKLOADS.find((x) => x.id === w)) die(`unknown workload "${w}" (known: ${WORKLOADS.map((x) => x.id).join(', ')})`);
+  }
+}
+let selectedProxies = PROXIES.map((p) => p.id);
+if (opts.proxies) {
+  selectedProxies = opts.proxies.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const p of selectedProxies) {
+    if (!PROXIES.find((x) => x.id === p)) die(`unknown proxy "${p}" (known: ${PROXIES.map((x) => x.id).join(', ')})`);
+  }
+  if (!selectedProxies.includes(REF)) selectedProxies.unshift(REF); // ratios need the reference
+  selectedProxies = PROXIES.map((p) => p.id).filter((id) => selectedProxies.includes(id)); // table order
+}
+const wantW = (id) => selectedWorkloads.includes(id);
+// The CPU figure comes from the bulk runs: asking for it runs them.
+const runBulk = wantW('bulk') || wantW('cpu');
+const runBulkR = wantW('bulk-reverse') || wantW('cpu');
+const proxiesFor = (wid) => {
+  const w = WORKLOADS.find((x) => x.id === wid);
+  return selectedProxies.filter((p) => !w.proxies || w.proxies.includes(p));
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Processes: every child gets its own process group, and all of them are killed on any exit.
+
+const children = new Set();
+let tmpDir = null;
+function killGroup(child, sig) {
+  try {
+    process.kill(-child.pid, sig);
+  } catch {}
+}
+function cleanup() {
+  for (const c of children) killGroup(c, 'SIGKILL');
+  children.clear();
+  if (tmpDir) {
+    try {
+      fs.rmSync(tmpDir, { recursive: true, force: true });
+    } catch {}
+    tmpDir = null;
+  }
+}
+process.on('exit', cleanup);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    console.error(`\nbench: ${sig}, stopping every process it started`);
+    process.exit(130);
+  });
+}
+
+const log = (...a) => console.error(...a);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Starts a long-running child; keeps the last 8 KiB of its output for error messages. */
+function startChild(cmd, args, { env, stdin = 'ignore', onStdout } = {}) {
+  const child = spawn(which(cmd) || cmd, args, { detached: true, stdio: [stdin, 'pipe', 'pipe'], env: env ?? process.env });
+  children.add(child);
+  child.tail = '';
+  const keep = (d) => {
+    child.tail = (child.tail + d.toString()).slice(-8192);
+  };
+  if (onStdout) child.stdout.on('data', onStdout);
+  else child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  child.exited = new Promise((resolve) =>
+    child.on('exit', (code, signal) => {
+      children.delete(child);
+      child.exitInfo = { code, signal };
+      resolve(child.exitInfo);
+    }),
+  );
+  child.on('error', (e) => {
+    child.tail += `\nspawn error: ${e.message}`;
+  });
+  return child;
+}
+
+/** Runs a command to completion (tracked, so it is killed on exit too). */
+function run(cmd, args, { timeoutMs = 120000 } = {}) {
+  return new Promise((resolve) => {
+    const child = spawn(which(cmd) || cmd, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(child);
+    let stdout = '',
+      stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => killGroup(child, 'SIGKILL'), timeoutMs);
+    child.on('error', (e) => (stderr += `spawn error: ${e.message}`));
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      children.delete(child);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+async function stopChild(child, graceMs = 1500) {
+  if (!children.has(child)) return;
+  killGroup(child, 'SIGTERM');
+  const t = sleep(graceMs).then(() => 'timeout');
+  if ((await Promise.race([child.exited, t])) === 'timeout') killGroup(child, 'SIGKILL');
+  await child.exited;
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function tryConnect(port, holdMs = 0) {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.on('connect', () => setTimeout(() => (s.destroy(), resolve(true)), holdMs));
+    s.on('error', () => resolve(false));
+  });
+}
+
+async function waitListening(port, child, what, timeoutMs = 10000) {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (child && child.exitInfo) throw new Error(`${what} exited (${JSON.stringify(child.exitInfo)}):\n${child.tail}`);
+    if (await tryConnect(port)) return;
+    await sleep(50);
+  }
+  throw new Error(`${what} is not listening on 127.0.0.1:${port} after ${timeoutMs} ms:\n${child ? child.tail : ''}`);
+}
+
+/** Resolves with the first stdout line of child that matches (JSON-parsed when asked). */
+function lineReader(child) {
+  const rl = readline.createInterface({ input: child.stdout });
+  const queue = [];
+  const waiters = [];
+  rl.on('line', (line) => (waiters.length ? waiters.shift()(line) : queue.push(line)));
+  return (timeoutMs = 60000) =>
+    new Promise((resolve, reject) => {
+      if (queue.length) return resolve(queue.shift());
+      const t = setTimeout(() => reject(new Error(`no answer from ${child.spawnargs.join(' ')}:\n${child.tail}`)), timeoutMs);
+      waiters.push((line) => (clearTimeout(t), resolve(line)));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Environment checks
+
+function which(cmd) {
+  if (cmd.includes('/')) return fs.existsSync(cmd) ? cmd : null;
+  const dirs = (process.env.PATH || '').split(':').concat(['/usr/sbin', '/sbin', '/usr/local/sbin']);
+  for (const d of dirs) {
+    const p = path.join(d, cmd);
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {}
+  }
+  return null;
+}
+
+function checkTools() {
+  const need = [];
+  const anyOf = (...ids) => ids.some((id) => selectedWorkloads.some((w) => proxiesFor(w).includes(id)));
+  if (runBulk || runBulkR) need.push(['iperf3', APT]);
+  if (['keepalive-1k', 'mib', 'newconn'].some(wantW)) need.push(['wrk', APT], ['nginx', APT]);
+  if (anyOf('haproxy')) need.push(['haproxy', APT]);
+  if (anyOf('socat')) need.push(['socat', APT]);
+  need.push(['systemd-socket-activate', 'apt-get install -y systemd'], [REFERENCE_BIN, 'apt-get install -y systemd']);
+  if (wantW('bulk300')) need.push(['cc', 'apt-get install -y gcc'], ['setpriv', 'apt-get install -y util-linux']);
+  const missing = need.filter(([cmd]) => !which(cmd));
+  if (missing.length) {
+    for (const [cmd, how] of missing) console.error(`bench: missing tool: ${cmd} — install it with: ${how}`);
+    process.exit(3);
+  }
+  if (!fs.existsSync(path.join(ROOT, 'dist', 'cli.js'))) {
+    console.error('bench: dist/cli.js is missing — build first: npm ci (or npm run build)');
+    process.exit(3);
+  }
+}
+
+function nofileLimit() {
+  const r = spawnSync('sh', ['-c', 'ulimit -Sn; ulimit -Hn'], { encoding: 'utf8' });
+  const [soft, hard] = r.stdout.trim().split('\n').map((s) => (s === 'unlimited' ? Infinity : Number(s)));
+  // Raising the hard limit needs CAP_SYS_RESOURCE (bit 24 of CapEff).
+  const capEff = BigInt('0x' + (fs.readFileSync('/proc/self/status', 'utf8').match(/CapEff:\s*([0-9a-f]+)/) || [, '0'])[1]);
+  const canRaise = (capEff & (1n << 24n)) !== 0n && which('prlimit');
+  return { soft, hard, canRaise };
+}
+
+function capture(cmd, args, which = 'stdout') {
+  try {
+    const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 5000 });
+    return ((which === 'stderr' ? r.stderr : r.stdout + r.stderr) || '').trim().split('\n')[0] || '?';
+  } catch {
+    return '?';
+  }
+}
+
+const clean = (line, re) => (line.match(re) || [, line.trim()])[1];
+
+function environment() {
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+  const rev = spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
+  const dirty = spawnSync('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src', 'native', 'bin'], { encoding: 'utf8' }).stdout.trim();
+  const cpu = (fs.readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/) || [, '?'])[1];
+  return {
+    date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    machine: { nproc: os.availableParallelism ? os.availableParallelism() : os.cpus().length, kernel: os.release(), cpu, memGiB: +(os.totalmem() / 2 ** 30).toFixed(1), loadavg: os.loadavg().map((x) => +x.toFixed(2)) },
+    versions: {
+      node: process.version,
+      'socket-proxyd': `${pkg.version} (${rev || '?'}${dirty ? ', uncommitted changes' : ''})`,
+      systemd: clean(capture(REFERENCE_BIN, ['--version']), /^systemd\s+(.*)$/),
+      haproxy: clean(capture('haproxy', ['-v']), /version\s+(\S+)/),
+      nginx: clean(capture('nginx', ['-v'], 'stderr'), /nginx\/(\S+)/),
+      iperf3: clean(capture('iperf3', ['-v']), /iperf\s+(\S+)/),
+      wrk: clean(capture('wrk', ['-v']), /wrk\s+(\S+)/),
+      socat: clean((spawnSync('socat', ['-V'], { encoding: 'utf8' }).stdout || '').split('\n').find((l) => /socat version/.test(l)) || '?', /version\s+(\S+)/),
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Upstream services
+
+async function startIperf3() {
+  const port = await freePort();
+  const child = startChild('iperf3', ['-s', '-B', '127.0.0.1', '-p', String(port)]);
+  await waitListening(port, child, 'iperf3 -s');
+  return { port, child };
+}
+
+async function startNginx() {
+  const dir = path.join(tmpDir, 'nginx');
+  const www = path.join(dir, 'www');
+  fs.mkdirSync(www, { recursive: true });
+  fs.writeFileSync(path.join(www, '1k'), Buffer.alloc(1024, 'a'));
+  fs.writeFileSync(path.join(www, '1m'), Buffer.alloc(1024 * 1024, 'b'));
+  for (const d of [tmpDir, dir, www]) fs.chmodSync(d, 0o755); // workers run as nobody when started as root
+  const port = await freePort();
+  const conf = `worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  default_type application/octet-stream;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_timeout 120s;
+  keepalive_requests 10000000;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    root ${www};
+    location / { }
+  }
+}
+`;
+  fs.writeFileSync(path.join(dir, 'nginx.conf'), conf);
+  const child = startChild('nginx', ['-p', dir, '-e', path.join(dir, 'error.log'), '-c', path.join(dir, 'nginx.conf'), '-g', 'daemon off;']);
+  await waitListening(port, child, 'nginx');
+  return { port, child };
+}
+
+async function startSink() {
+  const bin = path.join(tmpDir, 'streams');
+  const r = spawnSync('cc', ['-O2', '-o', bin, path.join(HERE, 'streams.c')], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`cc failed building scripts/bench/streams.c:\n${r.stderr}`);
+  const port = await freePort();
+  const child = startChild(bin, ['sink', String(port)], { onStdout: () => {} });
+  child.stdout.removeAllListeners('data');
+  const next = lineReader(child);
+  if ((await next(10000)) !== 'ready') throw new Error('streams sink did not start');
+  return { port, child, bin, next };
+}
+
+async function startIdleHolder(wrap) {
+  const child = startChild(...wrap(process.execPath, [path.join(HERE, 'idle.mjs')]), { stdin: 'pipe', onStdout: () => {} });
+  child.stdout.removeAllListeners('data');
+  const next = lineReader(child);
+  const { port } = JSON.parse(await next(10000));
+  const ask = async (msg, timeoutMs = 120000) => {
+    child.stdin.write(JSON.stringify(msg) + '\n');
+    return JSON.parse(await next(timeoutMs));
+  };
+  return { port, child, ask };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Proxies
+
+let NOFILE = 0; // the RLIMIT_NOFILE every proxy runs with
+let raiseNofile = false;
+const wrapLimit = (cmd, args) => (raiseNofile ? ['prlimit', [`--nofile=${NOFILE}:${NOFILE}`, cmd, ...args]] : [cmd, args]);
+const UNPRIV = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups'];
+
+async function startProxy(id, upstreamPort, { unprivileged = false } = {}) {
+  if (id === 'direct') return { id, port: upstreamPort, pid: null };
+  const port = await freePort();
+  const target = `127.0.0.1:${upstreamPort}`;
+  const listen = `127.0.0.1:${port}`;
+  let cmd, args;
+  switch (id) {
+    case 'systemd':
+      cmd = 'systemd-socket-activate';
+      args = ['-l', listen, REFERENCE_BIN, '--connections-max=60000', target];
+      break;
+    case 'ours':
+      cmd = 'systemd-socket-activate';
+      args = ['-l', listen, process.execPath, path.join(ROOT, 'bin', 'socket-proxyd'), '--connections-max=60000', target];
+      break;
+    case 'haproxy': {
+      // HAProxy refuses to start unless RLIMIT_NOFILE covers its maxconn (2 fds each + splice pipes).
+      const haMaxconn = Math.min(60000, Math.floor((NOFILE - 200) / 3));
+      const cfg = path.join(tmpDir, `haproxy-${port}.cfg`);
+      fs.writeFileSync(
+        cfg,
+        `global
+  nbthread 2
+  maxconn ${haMaxconn}
+defaults
+  mode tcp
+  option splice-auto
+  maxconn ${haMaxconn}
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend in
+  bind ${listen}
+  default_backend out
+backend out
+  server upstream ${target}
+`,
+      );
+      cmd = 'haproxy';
+      args = ['-db', '-f', cfg];
+      break;
+    }
+    case 'socat':
+      cmd = 'socat';
+      args = [`TCP-LISTEN:${port},bind=127.0.0.1,fork,reuseaddr`, `TCP:${target}`];
+      break;
+    case 'node':
+      cmd = process.execPath;
+      args = [path.join(HERE, 'node-pipe.mjs'), listen, target];
+      break;
+    default:
+      throw new Error(id);
+  }
+  if (unprivileged) [cmd, args] = [UNPRIV[0], [...UNPRIV.slice(1), cmd, ...args]];
+  // systemd starts services with SIGPIPE ignored (IgnoreSIGPIPE=yes); systemd-socket-proxyd relies on
+  // it (it splices into sockets whose peer may be gone) and dies without it. Emulate that for all.
+  [cmd, args] = ['sh', ['-c', 'trap "" PIPE; exec "$@"', 'sh', cmd, ...args]];
+  [cmd, args] = wrapLimit(cmd, args);
+  const child = startChild(cmd, args);
+  const name = PROXIES.find((p) => p.id === id).name;
+  await waitListening(port, child, name);
+  // Warm up: socket activation execs the proxy on the first connection. Hold one connection until the
+  // proxy runs (exe is no longer systemd-socket-activate), so no measurement pays for its start.
+  const activated = id === 'systemd' || id === 'ours';
+  await tryConnect(port, activated ? 300 : 50);
+  if (activated) {
+    const end = Date.now() + 10000;
+    for (;;) {
+      let exe = '';
+      try {
+        exe = fs.readlinkSync(`/proc/${child.pid}/exe`);
+      } catch {}
+      if (exe && exe === fs.realpathSync(id === 'ours' ? process.execPath : REFERENCE_BIN)) break;
+      if (child.exitInfo || Date.now() > end) throw new Error(`${name} did not start:\n${child.tail}`);
+      await sleep(50);
+    }
+    await sleep(id === 'ours' ? 700 : 200);
+    await tryConnect(port, 50);
+  }
+  await sleep(200);
+  if (child.exitInfo) throw new Error(`${name} exited:\n${child.tail}`);
+  return { id, port, pid: child.pid, child };
+}
+
+function procCpuSeconds(pid) {
+  // utime, stime, cutime, cstime (fields 14-17); cutime/cstime count socat's reaped children.
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+  return ticks / CLK_TCK;
+}
+const CLK_TCK = Number((spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout || '').trim()) || 100;
+
+function procFds(pid) {
+  return fs.readdirSync(`/proc/${pid}/fd`).length;
+}
+function procRssKiB(pid) {
+  const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s*(\d+)\s*kB/);
+  return m ? Number(m[1]) : NaN;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Workload runners; each returns { value, ... } or { value: null, error }
+
+async function runIperf3(proxy, reverse) {
+  const args = ['-c', '127.0.0.1', '-p', String(proxy.port), '-t', String(DURATION), '-J'];
+  if (reverse) args.push('-R');
+  const cpu0 = proxy.pid ? procCpuSeconds(proxy.pid) : 0;
+  const r = await run('iperf3', args, { timeoutMs: (DURATION + 30) * 1000 });
+  await sleep(100); // let socat reap its child so cstime counts it
+  const cpu = proxy.pid ? procCpuSeconds(proxy.pid) - cpu0 : null;
+  let j;
+  try {
+    j = JSON.parse(r.stdout);
+  } catch {
+    return { value: null, error: `iperf3: ${r.stderr || r.stdout}`.slice(0, 300) };
+  }
+  if (j.error) return { value: null, error: `iperf3: ${j.error}` };
+  const recv = j.end.sum_received;
+  return { value: recv.bits_per_second / 1e9, bytes: recv.bytes, cpu };
+}
+
+async function runWrk(proxy, { threads, conns, file, close }) {
+  const args = [`-t${threads}`, `-c${conns}`, `-d${DURATION}s`];
+  if (close) args.push('-H', 'Connection: close');
+  args.push(`http://127.0.0.1:${proxy.port}/${file}`);
+  const r = await run('wrk', args, { timeoutMs: (DURATION + 30) * 1000 });
+  const m = r.stdout.match(/Requests\/sec:\s*([\d.]+)/);
+  if (!m) return { value: null, error: `wrk: ${(r.stderr || r.stdout).slice(0, 300)}` };
+  const se = r.stdout.match(/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/);
+  const non2xx = r.stdout.match(/Non-2xx or 3xx responses: (\d+)/);
+  const out = { value: Number(m[1]) };
+  if (se) out.socketErrors = { connect: +se[1], read: +se[2], write: +se[3], timeout: +se[4] };
+  if (non2xx) out.non2xx = Number(non2xx[1]);
+  return out;
+}
+
+async function runIdle(proxy, holder, n) {
+  const fds0 = procFds(proxy.pid);
+  const rss0 = procRssKiB(proxy.pid);
+  const opened = await holder.ask({ cmd: 'open', port: proxy.port, n });
+  await sleep(1000); // let allocations settle
+  const fds1 = procFds(proxy.pid);
+  const rss1 = procRssKiB(proxy.pid);
+  const closed = await holder.ask({ cmd: 'close' });
+  await sleep(500);
+  if (!opened.ok || opened.opened !== n || opened.upstream < n) {
+    return { value: null, error: `held ${opened.upstream} of ${n} upstream (${opened.opened} opened, ${opened.failed} failed)`, closed };
+  }
+  return {
+    value: { fds: (fds1 - fds0) / n, rss: (rss1 - rss0) / n },
+    raw: { n, fds0, fds1, rss0, rss1 },
+    closedOk: closed.ok,
+  };
+}
+
+async function runStreams(proxy, sink, n) {
+  const warm = 1;
+  const src = startChild(sink.bin, ['source', '127.0.0.1', String(proxy.port), String(n), String(warm + DURATION + 0.5)], { onStdout: () => {} });
+  src.stdout.removeAllListeners('data');
+  const nextSrc = lineReader(src);
+  await sleep(warm * 1000);
+  const sample = async () => {
+    process.kill(sink.child.pid, 'SIGUSR1');
+    const [t, b] = (await sink.next(5000)).split(' ').map(Number);
+    return { t, b };
+  };
+  const a = await sample();
+  await sleep(DURATION * 1000);
+  const b = await sample();
+  const report = JSON.parse(await nextSrc((DURATION + 30) * 1000));
+  await src.exited;
+  await sleep(500); // connections close
+  const value = ((b.b - a.b) * 8) / ((b.t - a.t) / 1e9) / 1e9;
+  if (report.connected !== n) return { value: null, error: `${report.connected} of ${n} streams connected (${report.failed} failed)`, report };
+  return { value, report };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Report
+
+const median = (xs) => {
+  const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
+  if (!v.length) return null;
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+};
+const FMT = {
+  gbps: (v) => v.toFixed(1),
+  int: (v) => Math.round(v).toLocaleString('en-US'),
+  fds: (v) => v.toFixed(2),
+  kib: (v) => v.toFixed(1),
+  cpu: (v) => v.toFixed(3),
+};
+
+function buildReport(env, samples, notes, cmdline) {
+  const rows = [];
+  for (const w of WORKLOADS) {
+    if (!wantW(w.id)) continue;
+    for (const row of w.rows) {
+      const cells = {};
+      for (const p of proxiesFor(w.id)) cells[p] = median((samples[row.id]?.[p] || []).map((s) => s));
+      rows.push({ ...row, cells, ref: cells[REF] });
+    }
+  }
+  // Bulk rows are shown when the CPU row asked for them too.
+  const out = [];
+  out.push(`Command: \`${cmdline}\` — ${ROUNDS} interleaved round${ROUNDS > 1 ? 's' : ''} of ${DURATION} s runs${opts.quick ? ' (--quick)' : ''}, medians; ratios are to systemd-socket-proxyd in the same run.`);
+  out.push('');
+  out.push(`Date: ${env.date}`);
+  out.push(
+    `Machine: ${env.machine.nproc} CPUs (nproc), ${env.machine.cpu}, ${env.machine.memGiB} GiB, Linux ${env.machine.kernel}; load average at start ${env.machine.loadavg.join(' ')}`,
+  );
+  out.push(`Versions: ${Object.entries(env.versions).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  out.push('');
+  const cols = selectedProxies;
+  out.push(`| workload | ${cols.map((c) => PROXIES.find((p) => p.id === c).name).join(' | ')} |`);
+  out.push(`|---|${cols.map(() => '---:').join('|')}|`);
+  for (const r of rows) {
+    const cells = cols.map((c) => {
+      if (!(c in r.cells)) return '—';
+      const v = r.cells[c];
+      if (v == null) return 'failed';
+      const ratio = r.ref ? ` (${(v / r.ref).toFixed(2)}×)` : '';
+      return `${FMT[r.fmt](v)}${ratio}`;
+    });
+    out.push(`| ${r.label} | ${cells.join(' | ')} |`);
+  }
+  out.push('');
+  const targets = [];
+  if (selectedProxies.includes('ours')) {
+    out.push('Targets (socket-proxyd against systemd-socket-proxyd, same run):');
+    out.push('');
+    for (const r of rows) {
+      const v = r.cells.ours;
+      if (r.target == null && r.targetAbs == null) continue;
+      let met, text;
+      if (v == null || (r.target != null && !r.ref)) {
+        met = null;
+        text = 'not measured';
+      } else if (r.targetAbs != null) {
+        met = v <= r.targetAbs;
+        text = `${FMT[r.fmt](v)} (target ≤ ${r.targetAbs}; reference ${r.ref != null ? FMT[r.fmt](r.ref) : '?'})`;
+      } else {
+        const ratio = v / r.ref;
+        met = r.better === 'higher' ? ratio >= r.target - 1e-9 : ratio <= r.target + 1e-9;
+        text = `${ratio.toFixed(3)}× (target ${r.better === 'higher' ? '≥' : '≤'} ${r.target.toFixed(2)}×; ${FMT[r.fmt](v)} against ${FMT[r.fmt](r.ref)})`;
+      }
+      targets.push({ row: r.id, label: r.label, value: v, ref: r.ref, met });
+      out.push(`- ${met == null ? '?' : met ? 'MET' : 'MISSED'} — ${r.label}: ${text}`);
+    }
+    out.push('');
+  }
+  if (notes.length) {
+    out.push('Notes:');
+    out.push('');
+    for (const n of notes) out.push(`- ${n}`);
+    out.push('');
+  }
+  return { text: out.join('\n'), rows, targets };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Main
+
+async function main() {
+  checkTools();
+  const cmdline = process.env.npm_lifecycle_event === 'bench'
+    ? `npm run bench${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`
+    : `node scripts/bench.mjs${process.argv.length > 2 ? ' ' + process.argv.slice(2).join(' ') : ''}`;
+  const env = environment();
+  const notes = [];
+  tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-bench-'));
+
+  // File descriptors: the reference holds 6 per connection (2 sockets, 2 pipes), so 10,000 idle
+  // connections need LimitNOFILE above 60,000 for it (systemd's default soft limit is 1024).
+  const lim = nofileLimit();
+  const wantFds = 6 * IDLE_WANTED + 1000;
+  if (lim.canRaise && lim.hard < wantFds) {
+    NOFILE = wantFds;
+    raiseNofile = true;
+  } else {
+    NOFILE = lim.hard;
+    raiseNofile = lim.soft < lim.hard && !!which('prlimit');
+  }
+  let idleN = IDLE_WANTED;
+  if (wantW('idle')) {
+    const fit = Math.floor((NOFILE - 200) / 6 / 500) * 500; // what the reference can hold, in steps of 500
+    if (fit < idleN) {
+      notes.push(
+        `Idle connections: ${fit.toLocaleString('en-US')} instead of ${IDLE_WANTED.toLocaleString('en-US')}: RLIMIT_NOFILE is ${NOFILE} here and cannot be raised (no CAP_SYS_RESOURCE); ` +
+          `the reference needs 6 fds per connection, so ${IDLE_WANTED.toLocaleString('en-US')} connections need LimitNOFILE ≥ ${(6 * IDLE_WANTED + 100).toLocaleString('en-US')} for it ` +
+          `(2 per connection for socket-proxyd). Per-connection figures barely depend on the count.`,
+      );
+      idleN = fit;
+    }
+    if (idleN < 100) die(`RLIMIT_NOFILE ${NOFILE} is too low for the idle workload`);
+  }
+  log(`bench: ${ROUNDS} round(s), ${DURATION} s runs; workloads ${selectedWorkloads.join(',')}; proxies ${selectedProxies.join(',')}; RLIMIT_NOFILE ${NOFILE}`);
+
+  // Upstreams
+  const up = {};
+  if (runBulk || runBulkR) up.iperf3 = await startIperf3();
+  if (['keepalive-1k', 'mib', 'newconn'].some(wantW)) up.nginx = await startNginx();
+  if (wantW('idle')) up.idle = await startIdleHolder(wrapLimit);
+  if (wantW('bulk300')) up.sink = await startSink();
+
+  // One proxy instance per (proxy, upstream); all started and warmed up before the first round.
+  const inst = {};
+  const get = (kind, p) => inst[`${kind}/${p}`];
+  const need = [];
+  const addNeed = (kind, wids, opts2) => {
+    for (const p of selectedProxies) if (wids.some((w) => (w === 'bulk' ? runBulk : w === 'bulk-reverse' ? runBulkR : wantW(w)) && proxiesFor(w).includes(p))) need.push([kind, p, opts2]);
+  };
+  addNeed('iperf3', ['bulk', 'bulk-reverse']);
+  addNeed('nginx', ['keepalive-1k', 'mib', 'newconn']);
+  addNeed('sink', ['bulk300'], { unprivileged: true });
+  for (const [kind, p, o] of need) {
+    log(`bench: starting ${PROXIES.find((x) => x.id === p).name} → ${kind}${o?.unprivileged ? ' (as nobody)' : ''}`);
+    inst[`${kind}/${p}`] = await startProxy(p, up[kind].port, o);
+  }
+
+  const samples = {}; // row id -> proxy -> [values]
+  const rawRuns = [];
+  const push = (row, p, v) => ((samples[row] ??= {})[p] ??= []).push(v);
+  const rotate = (list, r) => list.slice(r % list.length).concat(list.slice(0, r % list.length));
+  const cpuAcc = {}; // per round, per proxy: { cpu, bytes }
+
+  const steps = [];
+  if (runBulk) steps.push({ w: 'bulk', kind: 'iperf3', fn: (px) => runIperf3(px, false) });
+  if (runBulkR) steps.push({ w: 'bulk-reverse', kind: 'iperf3', fn: (px) => runIperf3(px, true) });
+  if (wantW('keepalive-1k')) steps.push({ w: 'keepalive-1k', kind: 'nginx', fn: (px) => runWrk(px, { threads: 2, conns: 64, file: '1k' }) });
+  if (wantW('mib')) steps.push({ w: 'mib', kind: 'nginx', fn: (px) => runWrk(px, { threads: 2, conns: 16, file: '1m' }) });
+  if (wantW('newconn')) steps.push({ w: 'newconn', kind: 'nginx', fn: (px) => runWrk(px, { threads: 2, conns: 32, file: '1k', close: true }) });
+  // Idle: a fresh proxy each time, so the baseline is a proxy that has not served anything yet (RSS
+  // never shrinks back after earlier connections close).
+  if (wantW('idle')) steps.push({ w: 'idle', kind: 'idle', fresh: true, fn: (px) => runIdle(px, up.idle, idleN) });
+  if (wantW('bulk300')) steps.push({ w: 'bulk300', kind: 'sink', fn: (px) => runStreams(px, up.sink, 300) });
+
+  const t0 = Date.now();
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const step of steps) {
+      const who = rotate(proxiesFor(step.w), round);
+      for (const p of who) {
+        const px = step.fresh ? await startProxy(p, up[step.kind].port) : get(step.kind, p);
+        if (px.child && px.child.exitInfo) throw new Error(`${p} (${step.kind}) died: ${JSON.stringify(px.child.exitInfo)}\n${px.child.tail}`);
+        const res = await step.fn(px);
+        if (res.value == null && px.child && px.child.tail.trim()) res.error += ` — its last output: ${px.child.tail.trim().split('\n').slice(-3).join(' | ')}`;
+        if (step.fresh) await stopChild(px.child);
+        rawRuns.push({ round: round + 1, workload: step.w, proxy: p, ...res });
+        let shown;
+        if (res.value == null) {
+          shown = `FAILED: ${res.error}`;
+          notes.push(`round ${round + 1}, ${step.w}, ${p}: ${res.error}`);
+        } else if (step.w === 'idle') {
+          push('idle-fds', p, res.value.fds);
+          push('idle-rss', p, res.value.rss);
+          shown = `${res.value.fds.toFixed(2)} fds, ${res.value.rss.toFixed(1)} KiB per connection`;
+        } else {
+          push(step.w, p, res.value);
+          shown = step.w.startsWith('bulk') ? `${res.value.toFixed(2)} Gbit/s` : `${Math.round(res.value)}/s`;
+          if (res.socketErrors && Object.values(res.socketErrors).some((x) => x > 0)) shown += ` (socket errors ${JSON.stringify(res.socketErrors)})`;
+          if (res.non2xx) shown += ` (${res.non2xx} non-2xx)`;
+        }
+        if ((step.w === 'bulk' || step.w === 'bulk-reverse') && res.cpu != null && res.bytes) {
+          const a = ((cpuAcc[round] ??= {})[p] ??= { cpu: 0, bytes: 0, runs: 0 });
+          a.cpu += res.cpu;
+          a.bytes += res.bytes;
+          a.runs++;
+          shown += `, ${(res.cpu / (res.bytes / 2 ** 30)).toFixed(3)} CPU s/GiB`;
+        }
+        log(`[round ${round + 1}/${ROUNDS}] ${step.w.padEnd(12)} ${p.padEnd(8)} ${shown}`);
+        await sleep(300);
+      }
+    }
+    if (wantW('cpu')) {
+      for (const [p, a] of Object.entries(cpuAcc[round] || {})) {
+        if (a.runs === (runBulk ? 1 : 0) + (runBulkR ? 1 : 0)) push('cpu', p, a.cpu / (a.bytes / 2 ** 30));
+      }
+    }
+    log(`bench: round ${round + 1} done after ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  }
+  // When RLIMIT_NOFILE kept the idle count below the wanted one, also hold as many as socket-proxyd
+  // alone can (2 fds each), once, to show it holds them.
+  if (wantW('idle') && idleN < IDLE_WANTED && selectedProxies.includes('ours')) {
+    const maxN = Math.min(IDLE_WANTED, Math.floor((NOFILE - 200) / 2 / 500) * 500);
+    if (maxN > idleN) {
+      const px = await startProxy('ours', up.idle.port);
+      const res = await runIdle(px, up.idle, maxN);
+      await stopChild(px.child);
+      rawRuns.push({ round: 'extra', workload: 'idle', proxy: 'ours', ...res });
+      notes.push(
+        res.value
+          ? `socket-proxyd alone with ${maxN.toLocaleString('en-US')} idle connections (as many as RLIMIT_NOFILE ${NOFILE} allows at 2 fds each): ` +
+              `${res.value.fds.toFixed(2)} fds and ${res.value.rss.toFixed(2)} KiB RSS per connection.`
+          : `socket-proxyd alone with ${maxN.toLocaleString('en-US')} idle connections failed: ${res.error}`,
+      );
+      log(`[extra] idle ours at ${maxN}: ${res.value ? `${res.value.fds.toFixed(2)} fds, ${res.value.rss.toFixed(2)} KiB per connection` : res.error}`);
+    }
+  }
+  // Bulk rows only asked for by the CPU row: show them anyway.
+  if (wantW('cpu')) {
+    if (!wantW('bulk')) selectedWorkloads.push('bulk');
+    if (!wantW('bulk-reverse')) selectedWorkloads.push('bulk-reverse');
+    selectedWorkloads = WORKLOADS.map((w) => w.id).filter((id) => selectedWorkloads.includes(id));
+  }
+  notes.push(
+    'Proxies: systemd-socket-proxyd and socket-proxyd are started by `systemd-socket-activate -l 127.0.0.1:PORT … --connections-max=60000 127.0.0.1:UPSTREAM` ' +
+      '(socket-proxyd with its default worker count); HAProxy: tcp mode, nbthread 2, option splice-auto; socat: `TCP-LISTEN:PORT,fork,reuseaddr TCP:…`; ' +
+      'Node: scripts/bench/node-pipe.mjs (net.Socket.pipe()). Every proxy starts with SIGPIPE ignored, as systemd does (IgnoreSIGPIPE=yes; the reference dies of SIGPIPE without it). nginx: 1 worker, sendfile, keep-alive.',
+  );
+  notes.push(
+    'CPU: utime+stime (+ reaped children, for socat\'s forks) of the proxy process from /proc/PID/stat over the bulk and bulk-reverse iperf3 runs, divided by the GiB received. ' +
+      'Idle: /proc/PID/fd count and VmRSS with the connections open minus the same just before, over the count.',
+  );
+  if (wantW('bulk300')) {
+    notes.push(
+      `300 streams: scripts/bench/streams.c (one source process writing on 300 connections, one sink; iperf3 caps -P at 128), measured at the sink over ${DURATION} s after 1 s warm-up; ` +
+        `the proxy runs as nobody (setpriv), so fs.pipe-user-pages-soft (${fs.readFileSync('/proc/sys/fs/pipe-user-pages-soft', 'utf8').trim()} pages here) applies to its pipes.`,
+    );
+  }
+
+  const report = buildReport(env, samples, notes, cmdline);
+  // Stop everything before printing, in reverse start order.
+  for (const k of Object.keys(inst).reverse()) if (inst[k].child) await stopChild(inst[k].child);
+  for (const u of Object.values(up)) await stopChild(u.child);
+  console.log('\n' + report.text);
+  if (opts.json) {
+    fs.writeFileSync(opts.json, JSON.stringify({ command: cmdline, rounds: ROUNDS, duration: DURATION, idleConnections: idleN, ...env, rows: report.rows, targets: report.targets, runs: rawRuns, notes }, null, 2) + '\n');
+    log(`bench: wrote ${opts.json}`);
+  }
+  return rawRuns.filter((r) => r.value == null).length;
+}
+
+main().then(
+  (failedRuns) => {
+    if (failedRuns) console.error(`bench: ${failedRuns} run(s) failed (see the notes)`);
+    process.exit(failedRuns ? 1 : 0);
+  },
+  (e) => {
+    console.error(`bench: failed: ${e && e.stack ? e.stack : e}`);
+    process.exit(1);
+  },
+);
