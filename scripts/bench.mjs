@@ -56,15 +56,15 @@ const WORKLOADS = [
     id: 'idle',
     proxies: ['systemd', 'ours', 'haproxy', 'node'],
     rows: [
-      { id: 'idle-fds', label: 'idle connections: fds per connection (proxy process)', fmt: 'fds', better: 'lower', targetAbs: 2 },
-      { id: 'idle-rss', label: 'idle connections: RSS per connection, KiB', fmt: 'kib', better: 'lower' },
+      { id: 'idle-fds', label: 'idle connections: fds per connection (proxy process; lower is better)', fmt: 'fds', better: 'lower', targetAbs: 2 },
+      { id: 'idle-rss', label: 'idle connections: RSS per connection, KiB (lower is better)', fmt: 'kib', better: 'lower' },
     ],
   },
   {
     id: 'cpu',
     proxies: ['systemd', 'ours', 'haproxy', 'socat', 'node'],
     derived: true, // measured during the bulk and bulk-reverse runs
-    rows: [{ id: 'cpu', label: 'CPU seconds per GiB forwarded (iperf3, both directions)', fmt: 'cpu', better: 'lower', target: 1.0 }],
+    rows: [{ id: 'cpu', label: 'CPU seconds per GiB forwarded, iperf3 both directions (lower is better)', fmt: 'cpu', better: 'lower', target: 1.0 }],
   },
   {
     id: 'bulk300',
