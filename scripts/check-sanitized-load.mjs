@@ -1,9 +1,10 @@
 // Deliberate check for scripts/test-sanitized.sh: with the sanitizer environment
 // set, (1) this process loads the ASan/UBSan addon named by SOCKET_PROXYD_ADDON
 // with both runtimes mapped, and (2) the CLI socket-activated by
-// systemd-socket-activate loads it too and forwards bytes. systemd-socket-activate
-// hands the command only PATH/HOME/USER/TERM/LISTEN_* plus what -E names, so the
-// variables are forwarded with -E here.
+// systemd-socket-activate, started the way the tests start it (no -E of our own),
+// loads it too and forwards bytes. systemd-socket-activate hands the command only
+// PATH/HOME/USER/TERM/LISTEN_* plus what -E names: this proves the wrapper that
+// test-sanitized.sh mounts over it forwards the sanitizer variables.
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
@@ -29,9 +30,7 @@ check(process.pid, 'test process');
 
 const echo = await echoServer();
 const port = await freePort();
-const child = activate(`127.0.0.1:${port}`, process.execPath, [path.join(ROOT, 'bin', 'socket-proxyd'), echo.target], {
-  extra: VARS.flatMap((v) => ['-E', v]),
-});
+const child = activate(`127.0.0.1:${port}`, process.execPath, [path.join(ROOT, 'bin', 'socket-proxyd'), echo.target]);
 try {
   await waitForPort(port);
   const socket = await connect(port);

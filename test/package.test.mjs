@@ -7,11 +7,11 @@
 // npm registry.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ROOT, activate, echoServer, freePort, waitForPort, connect, collect, pattern, sha256, stop } from './helpers.mjs';
+import { ROOT, ACTIVATE, echoServer, freePort, waitForPort, connect, collect, pattern, sha256, stop } from './helpers.mjs';
 
 const ARCH_DIR = `linux-${process.arch}`;
 const PREBUILD = `prebuilds/${ARCH_DIR}/socket-proxyd.glibc.node`;
@@ -36,6 +36,15 @@ function run(cmd, args, options) {
       `--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`);
   }
   return r;
+}
+
+/** systemd-socket-activate with exactly `env` (helpers' activate() adds our whole environment). */
+function activatePlain(listen, command, args, env) {
+  const child = spawn(ACTIVATE, ['-l', listen, command, ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  child.stderrText = '';
+  child.stderr.on('data', (d) => (child.stderrText += d));
+  child.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  return child;
 }
 
 const which = (name) => execFileSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' }).trim();
@@ -126,7 +135,7 @@ test('installs with no compiler reachable and forwards a socket-activated connec
   const echo = await echoServer();
   const port = await freePort();
   // The installed CLI runs itself (#!/usr/bin/env node, found on the stripped PATH).
-  const child = activate(`127.0.0.1:${port}`, path.join(app, 'node_modules', '.bin', 'socket-proxyd'), [echo.target], { env });
+  const child = activatePlain(`127.0.0.1:${port}`, path.join(app, 'node_modules', '.bin', 'socket-proxyd'), [echo.target], env);
   try {
     await waitForPort(port);
     const payload = pattern(3 << 20, 7);
@@ -138,7 +147,8 @@ test('installs with no compiler reachable and forwards a socket-activated connec
     assert.equal(digest, sha256(payload));
     // the forwarding process mapped the installed prebuild
     const maps = fs.readFileSync(`/proc/${child.pid}/maps`, 'utf8');
-    assert.ok(maps.includes(path.join(installed, PREBUILD)), 'the CLI did not load the installed prebuild');
+    const mapped = [...new Set(maps.match(/\/\S+\.node$/gm) ?? [])];
+    assert.ok(mapped.includes(path.join(installed, PREBUILD)), `the CLI did not load the installed prebuild; it maps ${mapped.join(', ') || 'no .node file'}`);
   } catch (err) {
     err.message += `\n--- proxy stderr\n${child.stderrText}`;
     throw err;
