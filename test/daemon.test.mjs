@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   ACTIVATE, CLI, REFERENCE, abstractEchoServer, abstractName, abstractRoundTrip, activate, activateProxy, closed,
-  collect, connect, connectTo, echoServer, freePort, pattern, sha256, startServer, stop, waitFor, waitForPort, within,
+  collect, connect, connectTo, echoServer, freePort, notifyReceiver, pattern, sha256, startServer, stop, waitFor, waitForPort, within,
 } from './helpers.mjs';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-daemon-'));
@@ -115,63 +115,6 @@ const expectExit = async (child, code, ms = 10000) => {
 const alive = (child) => child.exitCode === null && child.signalCode === null;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/**
- * A notification socket like systemd's: AF_UNIX datagrams received by python3
- * (Node has no UNIX datagram sockets). `address` is a path or "@abstract".
- * messages: [{text, t (receiver's clock, ms), at (Date.now() on arrival)}].
- */
-async function notifyReceiver(address) {
-  const script = `
-import json, socket, sys, time
-a = sys.argv[1]
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind('\\0' + a[1:] if a.startswith('@') else a)
-print('bound', flush=True)
-while True:
-    d = s.recv(65536)
-    print(json.dumps({'t': time.monotonic() * 1000, 'text': d.decode()}), flush=True)
-`;
-  const child = spawn('python3', ['-c', script, address], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const exited = new Promise((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', resolve);
-  });
-  const messages = [];
-  const listeners = new Set();
-  let buffered = '';
-  let bound;
-  const isBound = new Promise((r) => (bound = r));
-  child.stdout.setEncoding('utf8');
-  child.stdout.on('data', (d) => {
-    buffered += d;
-    let nl;
-    while ((nl = buffered.indexOf('\n')) >= 0) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      if (line === 'bound') { bound(); continue; }
-      const m = { ...JSON.parse(line), at: Date.now() };
-      messages.push(m);
-      for (const l of listeners) l(m);
-    }
-  });
-  await within(Promise.race([isBound, exited.then((code) => { throw new Error(`python3 receiver exited with ${code}`); })]), 10000, 'python3 receiver did not bind');
-  return {
-    address,
-    messages,
-    /** Calls fn on every new message (synchronously, as it arrives). */
-    onMessage: (fn) => listeners.add(fn),
-    /** Resolves the first message (already received or later) whose text matches `re`. */
-    wait: async (re, ms = 10000) => {
-      const m = await waitFor(() => messages.find((x) => re.test(x.text)), ms, 10);
-      if (!m) throw new Error(`no notification matching ${re} within ${ms} ms; got ${JSON.stringify(messages.map((x) => x.text))}`);
-      return m;
-    },
-    close: async () => {
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
 
 /** Fields of a notification ("READY=1\nSTATUS=…") as an object. */
 const fields = (text) => Object.fromEntries(text.split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));

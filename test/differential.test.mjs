@@ -630,8 +630,8 @@ const SCENARIOS = [
       const upstream = ctx.server(await echoServer());
       const { port } = await ctx.start([upstream.target], { extra: ['-E', `NOTIFY_SOCKET=${socketPath}`] });
       const served = (await probeClient(ctx, port)).result; // up and serving
-      await waitFor(() => receiver.messages.some((m) => m.split('\n').includes('READY=1')), 2000);
-      return { served, messages: [...receiver.messages] };
+      await waitFor(() => receiver.messages.some((m) => m.text.split('\n').includes('READY=1')), 2000);
+      return { served, messages: receiver.messages.map((m) => m.text) };
     },
     // systemd 252's proxy sends nothing when it starts (no watchdog asked for here).
     reference: (o) => {

@@ -13,27 +13,7 @@ export const ACTIVATE = '/usr/bin/systemd-socket-activate';
 
 /** Starts a net.Server; `address` is a port-0 TCP host or a UNIX path / "@abstract". */
 export async function startServer(onConnection, address = '127.0.0.1') {
-  const server = net.createServer(onConnection);
-  if (address.startsWith('/') || address.startsWith('@')) {
-    server.listen(address.startsWith('@') ? `\0${address.slice(1)}` : address);
-  } else {
-    server.listen(0, address);
-  }
-  await once(server, 'listening');
-  // close() must not wait for peers the test left half-open.
-  const open = new Set();
-  server.on('connection', (s) => {
-    open.add(s);
-    s.on('close', () => open.delete(s));
-  });
-  const a = server.address();
-  const target = typeof a === 'string' ? address : a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
-  const close = () =>
-    new Promise((r) => {
-      server.close(r);
-      for (const s of open) s.destroy();
-    });
-  return { server, target, port: typeof a === 'string' ? 0 : a.port, close };
+  return startServerWith({}, onConnection, address);
 }
 
 /** Echo server: writes back everything, ends when the client ends. */
@@ -406,44 +386,59 @@ export function activateNow(port, command, args, { env = {} } = {}) {
 }
 
 /**
- * Receives sd_notify datagrams on the UNIX datagram socket `path` (python3).
- * Resolves once bound: {messages (array, filled as they arrive), close()}.
+ * A notification socket like systemd's: AF_UNIX datagrams received by python3
+ * (Node has no UNIX datagram sockets). `address` is a path or "@abstract".
+ * messages: [{text, t (receiver's clock, ms), at (Date.now() on arrival)}].
  */
-export async function notifyReceiver(path) {
-  const script = [
-    'import json, socket, sys',
-    's = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)',
-    's.bind(sys.argv[1])',
-    "print('bound', flush=True)",
-    'while True:',
-    '    print(json.dumps(s.recv(65536).decode()), flush=True)',
-  ].join('\n');
-  const child = spawn('python3', ['-c', script, path], { stdio: ['ignore', 'pipe', 'inherit'] });
+export async function notifyReceiver(address) {
+  const script = `
+import json, socket, sys, time
+a = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind('\\0' + a[1:] if a.startswith('@') else a)
+print('bound', flush=True)
+while True:
+    d = s.recv(65536)
+    print(json.dumps({'t': time.monotonic() * 1000, 'text': d.decode()}), flush=True)
+`;
+  const child = spawn('python3', ['-c', script, address], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', resolve);
+  });
   const messages = [];
+  const listeners = new Set();
   let buffered = '';
   let bound;
-  const ready = new Promise((resolve, reject) => {
-    bound = resolve;
-    child.once('error', (e) => reject(e.code === 'ENOENT' ? new Error('python3 is missing') : e));
-    child.once('exit', (code) => reject(new Error(`notify receiver exited (${code})`)));
-  });
+  const isBound = new Promise((r) => (bound = r));
+  child.stdout.setEncoding('utf8');
   child.stdout.on('data', (d) => {
     buffered += d;
     let nl;
     while ((nl = buffered.indexOf('\n')) >= 0) {
       const line = buffered.slice(0, nl);
       buffered = buffered.slice(nl + 1);
-      if (line === 'bound') bound();
-      else messages.push(JSON.parse(line));
+      if (line === 'bound') { bound(); continue; }
+      const m = { ...JSON.parse(line), at: Date.now() };
+      messages.push(m);
+      for (const l of listeners) l(m);
     }
   });
-  await ready;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
+  await within(Promise.race([isBound, exited.then((code) => { throw new Error(`python3 receiver exited with ${code}`); })]), 10000, 'python3 receiver did not bind');
   return {
-    messages,
+    address,
     pid: child.pid,
+    messages,
+    /** Calls fn on every new message (synchronously, as it arrives). */
+    onMessage: (fn) => listeners.add(fn),
+    /** Resolves the first message (already received or later) whose text matches `re`. */
+    wait: async (re, ms = 10000) => {
+      const m = await waitFor(() => messages.find((x) => re.test(x.text)), ms, 10);
+      if (!m) throw new Error(`no notification matching ${re} within ${ms} ms; got ${JSON.stringify(messages.map((x) => x.text))}`);
+      return m;
+    },
     close: async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      child.kill('SIGTERM');
       await exited;
     },
   };
