@@ -284,6 +284,10 @@ std::string Worker::StartThread() {
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (err != 0) return "pthread_create: " + ErrnoText(err);
   thread_started_ = true;
+  // Named so that top -H, /proc/PID/task/*/comm and debuggers tell them apart.
+  std::string name = "proxyd-wrk" + std::to_string(index_);  // at most 15 characters
+  err = pthread_setname_np(thread_, name.c_str());
+  if (err != 0) Log(kLogDebug, "pthread_setname_np: " + ErrnoText(err));
   return "";
 }
 

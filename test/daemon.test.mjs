@@ -413,6 +413,77 @@ test('watchdog: WATCHDOG_USEC=200000 → WATCHDOG=1 about every 100 ms; not when
   }
 });
 
+/**
+ * Stops one thread (not the process) of `pid` for `ms` with ptrace (PTRACE_SEIZE +
+ * PTRACE_INTERRUPT act on a single thread), the way a stuck thread looks from outside.
+ * Resolves {stopped, resumed} (Date.now() of each) once the thread runs again.
+ */
+async function freezeThread(pid, comm, ms) {
+  const { readdirSync, readFileSync } = fs;
+  const tid = readdirSync(`/proc/${pid}/task`).find((t) => readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() === comm);
+  assert.ok(tid, `no thread named ${comm} in process ${pid}`);
+  const script = `
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+tid, seconds = int(sys.argv[1]), float(sys.argv[2])
+def ptrace(request, name):
+    if libc.ptrace(request, tid, None, None) != 0:
+        sys.exit(name + ': ' + os.strerror(ctypes.get_errno()))
+ptrace(0x4206, 'PTRACE_SEIZE')
+ptrace(0x4207, 'PTRACE_INTERRUPT')
+os.waitpid(tid, 0x40000000)  # __WALL: the thread has stopped
+print('stopped', flush=True)
+time.sleep(seconds)
+ptrace(17, 'PTRACE_DETACH')
+print('resumed', flush=True)
+`;
+  const child = spawn('python3', ['-c', script, tid, String(ms / 1000)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const times = {};
+  child.stdout.on('data', (d) => {
+    out += d;
+    for (const word of ['stopped', 'resumed']) if (!times[word] && out.includes(word)) times[word] = Date.now();
+  });
+  child.stderr.on('data', (d) => (err += d));
+  const [code] = await once(child, 'exit');
+  assert.equal(code, 0, `ptrace helper failed: ${err}`);
+  return times;
+}
+
+test('watchdog: a stuck forwarding thread withholds WATCHDOG=1 until it runs again', async () => {
+  const upstream = await echoServer();
+  const notify = await notifyReceiver(tmpPath('wd-stuck.sock'));
+  const port = await freePort();
+  const child = runCli([`--listen=127.0.0.1:${port}`, '--workers=2', upstream.target], {
+    env: { NOTIFY_SOCKET: notify.address, WATCHDOG_USEC: '200000' },
+  });
+  try {
+    await notify.wait(/^READY=1$/m);
+    await sleep(500);
+    const { stopped, resumed } = await freezeThread(child.pid, 'proxyd-wrk1', 1500);
+    await sleep(600);
+    const pings = (from, to) => notify.messages.filter((m) => m.text === 'WATCHDOG=1' && m.at > from && m.at < to).length;
+    // Two ticks (200 ms) to notice, then nothing until the thread answers again.
+    assert.equal(pings(stopped + 300, resumed), 0, 'WATCHDOG=1 sent while a forwarding thread was stopped');
+    assert.ok(pings(resumed + 300, Date.now()) >= 2, 'WATCHDOG=1 did not resume');
+    await child.waitLine(/forwarding thread did not answer/);
+    await child.waitLine(/watchdog pings resumed/);
+    // The other thread kept forwarding all along, and both do now.
+    const socket = await connectTo(`127.0.0.1:${port}`);
+    const got = collect(socket);
+    socket.end(pattern(100_000, 5));
+    assert.equal((await got).bytes, 100_000);
+    child.kill('SIGTERM');
+    await expectExit(child, 0);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await notify.close();
+    await upstream.close();
+  }
+});
+
 // ---------------------------------------------------------------------------
 // --exit-idle-time
 
