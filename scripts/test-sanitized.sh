@@ -22,6 +22,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 if [ "${TEST_SANITIZED_NAMESPACE:-}" != 1 ]; then
+  [ "$(id -u)" = 0 ] || { echo "test-sanitized: must run as root (it needs a private mount namespace, unshare -m)" >&2; exit 1; }
   [ "${SKIP_BUILD:-}" = 1 ] || bash scripts/build-sanitized.sh
   exec unshare --mount --propagation private -- env TEST_SANITIZED_NAMESPACE=1 bash "$0" "$@"
 fi
