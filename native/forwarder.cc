@@ -792,7 +792,10 @@ StepResult Worker::CopyThrough(Connection* c, Direction& d, size_t* moved) {
   if (sent > 0) *moved += static_cast<size_t>(sent);
   if (sent < n) {
     size_t rest = static_cast<size_t>(n - sent);
-    AcquirePipe(&pipe);  // the spare one: cannot fail
+    if (!AcquirePipe(&pipe)) {  // takes the spare one checked for above: no syscall, no failure
+      Fail(c, "pipe for", d.to, errno);
+      return StepResult::kFailed;
+    }
     ssize_t written = write(pipe.write_end, copy_buffer_.get() + sent, rest);
     if (written != static_cast<ssize_t>(rest)) {
       // Cannot happen (an empty pipe takes its capacity); never lose bytes quietly.
