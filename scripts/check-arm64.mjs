@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { activate, echoServer, freePort, waitForPort, connect, collect, pattern, sha256, stop } from '../test/helpers.mjs';
+import { activate, assertEchoes, echoServer, freePort, waitForPort, connect, collect, stop } from '../test/helpers.mjs';
 
 const [pkg, sysroot] = process.argv.slice(2).map((p) => path.resolve(p));
 assert.ok(pkg && sysroot, 'usage: check-arm64.mjs <package dir> <sysroot>');
@@ -24,13 +24,7 @@ try {
   // node starts slowly under emulation
   await waitForPort(port, '127.0.0.1', 60000);
 
-  const payload = pattern(4 << 20, 3);
-  const socket = await connect(port);
-  const got = collect(socket);
-  socket.end(payload);
-  const { bytes, sha256: digest } = await got;
-  assert.equal(bytes, payload.length);
-  assert.equal(digest, sha256(payload));
+  const bytes = await assertEchoes(port, 4 << 20, 3);
   console.log(`check-arm64: ${bytes} bytes echoed intact through the arm64 CLI`);
 
   // several at once, spread over the worker threads

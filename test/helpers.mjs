@@ -1,4 +1,5 @@
 // Shared test plumbing: real servers, real clients, real processes.
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
@@ -49,6 +50,21 @@ export function collect(socket, { keep = false } = {}) {
     socket.on('end', () => resolve({ bytes, sha256: hash.digest('hex'), data: keep ? Buffer.concat(chunks) : null }));
     socket.on('error', reject);
   });
+}
+
+/**
+ * Sends `size` pattern bytes to 127.0.0.1:`port` (an echo behind a proxy), half-closes, and asserts
+ * the echo comes back whole and in order. Returns the byte count.
+ */
+export async function assertEchoes(port, size, seed = 1) {
+  const payload = pattern(size, seed);
+  const socket = await connect(port);
+  const got = collect(socket);
+  socket.end(payload);
+  const { bytes, sha256: digest } = await got;
+  assert.equal(bytes, payload.length, 'echo length');
+  assert.equal(digest, sha256(payload), 'echo content');
+  return bytes;
 }
 
 /** Deterministic pseudo-random bytes (fast, reproducible). */

@@ -11,7 +11,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ROOT, ACTIVATE, echoServer, freePort, waitForPort, connect, collect, pattern, sha256, stop } from './helpers.mjs';
+import { ROOT, ACTIVATE, assertEchoes, echoServer, freePort, waitForPort, stop } from './helpers.mjs';
 
 const ARCH_DIR = `linux-${process.arch}`;
 const PREBUILD = `prebuilds/${ARCH_DIR}/socket-proxyd.glibc.node`;
@@ -138,13 +138,7 @@ test('installs with no compiler reachable and forwards a socket-activated connec
   const child = activatePlain(`127.0.0.1:${port}`, path.join(app, 'node_modules', '.bin', 'socket-proxyd'), [echo.target], env);
   try {
     await waitForPort(port);
-    const payload = pattern(3 << 20, 7);
-    const socket = await connect(port);
-    const got = collect(socket);
-    socket.end(payload);
-    const { bytes, sha256: digest } = await got;
-    assert.equal(bytes, payload.length);
-    assert.equal(digest, sha256(payload));
+    await assertEchoes(port, 3 << 20, 7);
     // the forwarding process mapped the installed prebuild
     const maps = fs.readFileSync(`/proc/${child.pid}/maps`, 'utf8');
     const mapped = [...new Set(maps.match(/\/\S+\.node$/gm) ?? [])];
