@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -758,7 +759,11 @@ StepResult Worker::CopyThrough(Connection* c, Direction& d, size_t* moved) {
   Pipe& pipe = d.pipe;
   size_t spare_capacity = spare_pipes_.back().capacity;
   size_t want = spare_capacity < kCopyChunk ? spare_capacity : kCopyChunk;
-  ssize_t n = recv(d.from->fd, copy_buffer_.get(), want, MSG_DONTWAIT);
+  iovec iov{copy_buffer_.get(), want};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  ssize_t n = recvmsg(d.from->fd, &msg, MSG_DONTWAIT);
   if (n == 0) {
     d.eof = true;
     return StepResult::kProgress;
@@ -774,10 +779,12 @@ StepResult Worker::CopyThrough(Connection* c, Direction& d, size_t* moved) {
   }
   if (static_cast<size_t>(n) == want) {
     d.bulk = true;
-  } else if (!d.from->read_until_eagain) {
+  } else if (!d.from->read_until_eagain && !(msg.msg_flags & MSG_CTRUNC)) {
     // A stream socket's recv stops short only when its queue is empty; new
     // bytes raise a new edge. Not after an end or urgent data was seen:
-    // recv stops before those, and they raise no second edge.
+    // recv stops before those, and they raise no second edge. Nor after fds
+    // a UNIX peer passed (dropped here, as splice drops them): the read
+    // stops after them, and MSG_CTRUNC says so.
     d.from->readable = false;
   }
   ssize_t sent = send(d.to->fd, copy_buffer_.get(), static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL);

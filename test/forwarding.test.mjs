@@ -649,6 +649,56 @@ test("counters count what was sent; 'busy' and 'idle' fire on 0→1 and back to 
 });
 
 // ---------------------------------------------------------------------------
+// Peers that do unusual things
+
+test('a UNIX client that passes an fd mid-stream is not stalled: the bytes after it flow at once', { timeout: 30_000 }, async () => {
+  // The fd itself is dropped, as splice drops it; what matters is that the read
+  // that stops after it does not make the proxy think the socket is drained.
+  let received = 0;
+  let ended = false;
+  const upstream = await startServerWith({ allowHalfOpen: true }, (s) => {
+    s.on('data', (d) => (received += d.length));
+    s.on('end', () => { ended = true; s.end(); });
+  }, path.join(tmp, 'scm-upstream.sock'));
+  const listen = path.join(tmp, 'scm-proxy.sock');
+  const script = `
+import array, os, socket, sys, time
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+c.connect(sys.argv[1])
+time.sleep(0.3)
+r, w = os.pipe()
+c.sendmsg([b'A' * 100], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [r]))])
+c.send(b'B' * 100)
+print('sent', flush=True)
+sys.stdin.read()
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+`;
+  try {
+    await withProxy({ target: upstream.target, listen: [listen] }, async () => {
+      const { spawn } = await import('node:child_process');
+      const client = spawn('python3', ['-c', script, listen], { stdio: ['pipe', 'pipe', 'inherit'] });
+      const exited = new Promise((resolve, reject) => {
+        client.once('error', (e) => reject(e.code === 'ENOENT' ? new Error('python3 is missing') : e));
+        client.once('exit', resolve);
+      });
+      try {
+        await within(once(client.stdout, 'data'), 10_000, 'the python client did not send');
+        assert.ok(await waitFor(() => received === 200, 3000), `upstream has ${received} of 200 bytes while the client waits`);
+        assert.equal(ended, false);
+        client.stdin.end();
+        assert.ok(await waitFor(() => ended, 5000), 'the end did not arrive');
+        assert.equal(await within(exited, 5000, 'the python client did not finish'), 0);
+      } finally {
+        client.kill();
+      }
+    });
+  } finally {
+    await upstream.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
 // Resets
 
 test('a client reset mid-transfer costs only that connection', { timeout: 30_000 }, async () => {
