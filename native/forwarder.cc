@@ -132,6 +132,8 @@ struct Side : Watch {
   bool writable = false;
   // An end (or urgent data) was seen: read until EAGAIN, a short read proves nothing.
   bool read_until_eagain = false;
+  // Urgent (out-of-band) data was seen: splice would stop at its mark for good.
+  bool urgent = false;
   Side(Connection* c, const char* n) : Watch(kSide), conn(c), name(n) {}
 };
 
@@ -212,6 +214,7 @@ class Worker {
   ShovelResult Shovel(Connection* c, Direction& d);
   ShovelResult ShovelTurn(Connection* c, Direction& d, size_t* moved);
   StepResult CopyThrough(Connection* c, Direction& d, size_t* moved);
+  StepResult RecvIntoPipe(Connection* c, Direction& d);
   void RunReadyQueue();
   void Fail(Connection* c, const char* what, const Side* side, int err);
   void Close(Connection* c);
@@ -635,6 +638,7 @@ void Worker::OnSideEvent(Side* side, uint32_t events) {
 void Worker::NoteReadiness(Side* side, uint32_t events) {
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLPRI)) side->readable = true;
   if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLPRI)) side->read_until_eagain = true;
+  if (events & EPOLLPRI) side->urgent = true;
   if (events & (EPOLLOUT | EPOLLHUP)) side->writable = true;
 }
 
@@ -696,9 +700,24 @@ ShovelResult Worker::ShovelTurn(Connection* c, Direction& d, size_t* moved) {
         Close(c);
         return ShovelResult::kFailed;
       }
-      ssize_t n = splice(d.from->fd, nullptr, pipe.write_end, nullptr, pipe.capacity - pipe.bytes,
-                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n > 0) {
+      if (d.from->urgent) {
+        // tcp_read_sock stops at the urgent mark, so splice would answer
+        // EAGAIN (or 0 after a FIN) there forever: recv steps over it. Only
+        // into an empty pipe, which surely takes what was read.
+        if (pipe.bytes == 0) {
+          switch (RecvIntoPipe(c, d)) {
+            case StepResult::kFailed:
+              return ShovelResult::kFailed;
+            case StepResult::kProgress:
+              progress = true;
+              break;
+            case StepResult::kNone:
+              break;
+          }
+        }
+      } else if (ssize_t n = splice(d.from->fd, nullptr, pipe.write_end, nullptr, pipe.capacity - pipe.bytes,
+                                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                 n > 0) {
         pipe.bytes += static_cast<size_t>(n);
         if (static_cast<size_t>(n) < kCopyChunk) d.bulk = false;
         progress = true;
@@ -811,6 +830,35 @@ StepResult Worker::CopyThrough(Connection* c, Direction& d, size_t* moved) {
     }
     pipe.bytes = rest;
   }
+  return StepResult::kProgress;
+}
+
+// One recv from `from` into the direction's empty pipe, through the worker's
+// buffer: the read path for a side that has sent urgent data.
+StepResult Worker::RecvIntoPipe(Connection* c, Direction& d) {
+  Pipe& pipe = d.pipe;
+  size_t want = pipe.capacity < kCopyChunk ? pipe.capacity : kCopyChunk;
+  ssize_t n = recv(d.from->fd, copy_buffer_.get(), want, MSG_DONTWAIT);
+  if (n == 0) {
+    d.eof = true;
+    return StepResult::kProgress;
+  }
+  if (n < 0) {
+    if (errno == EAGAIN) {
+      d.from->readable = false;
+      return StepResult::kNone;
+    }
+    if (errno == EINTR) return StepResult::kProgress;
+    Fail(c, "recv from", d.from, errno);
+    return StepResult::kFailed;
+  }
+  ssize_t written = write(pipe.write_end, copy_buffer_.get(), static_cast<size_t>(n));
+  if (written != n) {
+    // Cannot happen (an empty pipe takes its capacity); never lose bytes quietly.
+    Fail(c, "write to pipe for", d.to, written < 0 ? errno : EAGAIN);
+    return StepResult::kFailed;
+  }
+  pipe.bytes = static_cast<size_t>(n);
   return StepResult::kProgress;
 }
 

@@ -698,6 +698,55 @@ c.recv(1)
   }
 });
 
+test('TCP urgent data in a bulk upload: every in-band byte after it still arrives, and the end only after them', { timeout: 30_000 }, async () => {
+  // splice stops at the urgent mark for good (the kernel's tcp_read_sock); the
+  // urgent byte itself is not forwarded (out of band, as with systemd-socket-proxyd).
+  const upstreamData = [];
+  let ended = false;
+  const upstream = await startServerWith({ allowHalfOpen: true }, (s) => {
+    s.on('data', (d) => upstreamData.push(d));
+    s.on('end', () => { ended = true; s.end(); });
+  });
+  const received = () => upstreamData.reduce((n, d) => n + d.length, 0);
+  const script = `
+import socket, sys
+h, p = sys.argv[1].rsplit(':', 1)
+c = socket.create_connection((h, int(p)))
+c.sendall(b'a' * 300000)
+c.send(b'X', socket.MSG_OOB)
+c.sendall(b'tail')
+print('sent', flush=True)
+sys.stdin.read()
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+`;
+  try {
+    await withProxy({ target: upstream.target }, async (proxy, at) => {
+      const { spawn } = await import('node:child_process');
+      const client = spawn('python3', ['-c', script, at], { stdio: ['pipe', 'pipe', 'inherit'] });
+      const exited = new Promise((resolve, reject) => {
+        client.once('error', (e) => reject(e.code === 'ENOENT' ? new Error('python3 is missing') : e));
+        client.once('exit', resolve);
+      });
+      try {
+        await within(once(client.stdout, 'data'), 10_000, 'the python client did not send');
+        assert.ok(await waitFor(() => received() === 300_004, 3000), `upstream has ${received()} of 300004 bytes while the client waits`);
+        client.stdin.end();
+        assert.ok(await waitFor(() => ended, 5000), 'the end did not arrive');
+        assert.equal(await within(exited, 5000, 'the python client did not finish'), 0);
+        const all = Buffer.concat(upstreamData);
+        assert.equal(all.length, 300_004);
+        assert.equal(all.subarray(-4).toString(), 'tail');
+        assert.equal(all.indexOf('X'), -1, 'the urgent byte is not forwarded in band');
+      } finally {
+        client.kill();
+      }
+    });
+  } finally {
+    await upstream.close();
+  }
+});
+
 // ---------------------------------------------------------------------------
 // Resets
 
