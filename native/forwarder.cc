@@ -215,6 +215,8 @@ class Worker {
   ShovelResult ShovelTurn(Connection* c, Direction& d, size_t* moved);
   StepResult CopyThrough(Connection* c, Direction& d, size_t* moved);
   StepResult RecvIntoPipe(Connection* c, Direction& d);
+  StepResult ReceiveChunk(Connection* c, Direction& d, size_t want, size_t* n);
+  StepResult FillEmptyPipe(Connection* c, Direction& d, size_t offset, size_t len);
   void RunReadyQueue();
   void Fail(Connection* c, const char* what, const Side* side, int err);
   void Close(Connection* c);
@@ -775,19 +777,52 @@ ShovelResult Worker::ShovelTurn(Connection* c, Direction& d, size_t* moved) {
 // `to` does not take goes into a spare pipe, which holds it all: no more than
 // its capacity was read.
 StepResult Worker::CopyThrough(Connection* c, Direction& d, size_t* moved) {
-  Pipe& pipe = d.pipe;
   size_t spare_capacity = spare_pipes_.back().capacity;
-  size_t want = spare_capacity < kCopyChunk ? spare_capacity : kCopyChunk;
+  size_t n = 0;
+  StepResult result = ReceiveChunk(c, d, spare_capacity < kCopyChunk ? spare_capacity : kCopyChunk, &n);
+  if (result != StepResult::kProgress || n == 0) return result;
+  ssize_t sent = send(d.to->fd, copy_buffer_.get(), n, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (sent < 0) {
+    if (errno != EAGAIN && errno != EINTR) {
+      Fail(c, "send to", d.to, errno);
+      return StepResult::kFailed;
+    }
+    if (errno == EAGAIN) d.to->writable = false;
+    sent = 0;
+  }
+  *moved += static_cast<size_t>(sent);
+  if (static_cast<size_t>(sent) == n) return StepResult::kProgress;
+  if (!AcquirePipe(&d.pipe)) {  // takes the spare one checked for above: no syscall, no failure
+    Fail(c, "pipe for", d.to, errno);
+    return StepResult::kFailed;
+  }
+  return FillEmptyPipe(c, d, static_cast<size_t>(sent), n - static_cast<size_t>(sent));
+}
+
+// One recv from `from` into the direction's empty pipe, through the worker's
+// buffer: the read path for a side that has sent urgent data.
+StepResult Worker::RecvIntoPipe(Connection* c, Direction& d) {
+  size_t capacity = d.pipe.capacity;
+  size_t n = 0;
+  StepResult result = ReceiveChunk(c, d, capacity < kCopyChunk ? capacity : kCopyChunk, &n);
+  if (result != StepResult::kProgress || n == 0) return result;
+  return FillEmptyPipe(c, d, 0, n);
+}
+
+// One recv of at most `want` bytes from `from` into the worker's buffer; `*n`
+// tells how many came (0 with d.eof set at the end of the stream).
+StepResult Worker::ReceiveChunk(Connection* c, Direction& d, size_t want, size_t* n) {
+  *n = 0;
   iovec iov{copy_buffer_.get(), want};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  ssize_t n = recvmsg(d.from->fd, &msg, MSG_DONTWAIT);
-  if (n == 0) {
+  ssize_t got = recvmsg(d.from->fd, &msg, MSG_DONTWAIT);
+  if (got == 0) {
     d.eof = true;
     return StepResult::kProgress;
   }
-  if (n < 0) {
+  if (got < 0) {
     if (errno == EAGAIN) {
       d.from->readable = false;
       return StepResult::kNone;
@@ -796,7 +831,8 @@ StepResult Worker::CopyThrough(Connection* c, Direction& d, size_t* moved) {
     Fail(c, "recv from", d.from, errno);
     return StepResult::kFailed;
   }
-  if (static_cast<size_t>(n) == want) {
+  *n = static_cast<size_t>(got);
+  if (*n == want) {
     d.bulk = true;
   } else if (!d.from->read_until_eagain && !(msg.msg_flags & MSG_CTRUNC)) {
     // A stream socket's recv stops short only when its queue is empty; new
@@ -806,59 +842,19 @@ StepResult Worker::CopyThrough(Connection* c, Direction& d, size_t* moved) {
     // stops after them, and MSG_CTRUNC says so.
     d.from->readable = false;
   }
-  ssize_t sent = send(d.to->fd, copy_buffer_.get(), static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL);
-  if (sent < 0) {
-    if (errno != EAGAIN && errno != EINTR) {
-      Fail(c, "send to", d.to, errno);
-      return StepResult::kFailed;
-    }
-    if (errno == EAGAIN) d.to->writable = false;
-    sent = 0;
-  }
-  if (sent > 0) *moved += static_cast<size_t>(sent);
-  if (sent < n) {
-    size_t rest = static_cast<size_t>(n - sent);
-    if (!AcquirePipe(&pipe)) {  // takes the spare one checked for above: no syscall, no failure
-      Fail(c, "pipe for", d.to, errno);
-      return StepResult::kFailed;
-    }
-    ssize_t written = write(pipe.write_end, copy_buffer_.get() + sent, rest);
-    if (written != static_cast<ssize_t>(rest)) {
-      // Cannot happen (an empty pipe takes its capacity); never lose bytes quietly.
-      Fail(c, "write to pipe for", d.to, written < 0 ? errno : EAGAIN);
-      return StepResult::kFailed;
-    }
-    pipe.bytes = rest;
-  }
   return StepResult::kProgress;
 }
 
-// One recv from `from` into the direction's empty pipe, through the worker's
-// buffer: the read path for a side that has sent urgent data.
-StepResult Worker::RecvIntoPipe(Connection* c, Direction& d) {
-  Pipe& pipe = d.pipe;
-  size_t want = pipe.capacity < kCopyChunk ? pipe.capacity : kCopyChunk;
-  ssize_t n = recv(d.from->fd, copy_buffer_.get(), want, MSG_DONTWAIT);
-  if (n == 0) {
-    d.eof = true;
-    return StepResult::kProgress;
-  }
-  if (n < 0) {
-    if (errno == EAGAIN) {
-      d.from->readable = false;
-      return StepResult::kNone;
-    }
-    if (errno == EINTR) return StepResult::kProgress;
-    Fail(c, "recv from", d.from, errno);
-    return StepResult::kFailed;
-  }
-  ssize_t written = write(pipe.write_end, copy_buffer_.get(), static_cast<size_t>(n));
-  if (written != n) {
-    // Cannot happen (an empty pipe takes its capacity); never lose bytes quietly.
+// Writes `len` bytes of the worker's buffer, from `offset`, into the
+// direction's empty pipe, which takes them all: no more than its capacity.
+StepResult Worker::FillEmptyPipe(Connection* c, Direction& d, size_t offset, size_t len) {
+  ssize_t written = write(d.pipe.write_end, copy_buffer_.get() + offset, len);
+  if (written != static_cast<ssize_t>(len)) {
+    // Cannot happen; never lose bytes quietly.
     Fail(c, "write to pipe for", d.to, written < 0 ? errno : EAGAIN);
     return StepResult::kFailed;
   }
-  pipe.bytes = static_cast<size_t>(n);
+  d.pipe.bytes = len;
   return StepResult::kProgress;
 }
 
