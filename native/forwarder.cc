@@ -214,6 +214,7 @@ class Worker {
   ShovelResult Shovel(Connection* c, Direction& d);
   ShovelResult ShovelTurn(Connection* c, Direction& d, size_t* moved);
   StepResult CopyThrough(Connection* c, Direction& d, size_t* moved);
+  StepResult SpliceIntoPipe(Connection* c, Direction& d);
   StepResult RecvIntoPipe(Connection* c, Direction& d);
   StepResult ReceiveChunk(Connection* c, Direction& d, size_t want, size_t* n);
   StepResult FillEmptyPipe(Connection* c, Direction& d, size_t offset, size_t len);
@@ -679,17 +680,10 @@ ShovelResult Worker::ShovelTurn(Connection* c, Direction& d, size_t* moved) {
     Pipe& pipe = d.pipe;
 
     // Small messages go through the copy path while a spare pipe is at hand
-    // to catch what `to` does not take at once.
+    // to catch what `to` does not take at once; the rest goes through the pipe.
+    StepResult read = StepResult::kNone;
     if (!d.eof && d.from->readable && !d.bulk && !pipe.open() && d.to->writable && !spare_pipes_.empty()) {
-      switch (CopyThrough(c, d, moved)) {
-        case StepResult::kFailed:
-          return ShovelResult::kFailed;
-        case StepResult::kProgress:
-          progress = true;
-          break;
-        case StepResult::kNone:
-          break;
-      }
+      read = CopyThrough(c, d, moved);
     } else if (!d.eof && d.from->readable && (!pipe.open() || pipe.bytes < pipe.capacity)) {
       if (!pipe.open() && !AcquirePipe(&pipe)) {
         int err = errno;
@@ -702,39 +696,17 @@ ShovelResult Worker::ShovelTurn(Connection* c, Direction& d, size_t* moved) {
         Close(c);
         return ShovelResult::kFailed;
       }
-      if (d.from->urgent) {
+      if (!d.from->urgent) {
+        read = SpliceIntoPipe(c, d);
+      } else if (pipe.bytes == 0) {
         // tcp_read_sock stops at the urgent mark, so splice would answer
         // EAGAIN (or 0 after a FIN) there forever: recv steps over it. Only
         // into an empty pipe, which surely takes what was read.
-        if (pipe.bytes == 0) {
-          switch (RecvIntoPipe(c, d)) {
-            case StepResult::kFailed:
-              return ShovelResult::kFailed;
-            case StepResult::kProgress:
-              progress = true;
-              break;
-            case StepResult::kNone:
-              break;
-          }
-        }
-      } else if (ssize_t n = splice(d.from->fd, nullptr, pipe.write_end, nullptr, pipe.capacity - pipe.bytes,
-                                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-                 n > 0) {
-        pipe.bytes += static_cast<size_t>(n);
-        if (static_cast<size_t>(n) < kCopyChunk) d.bulk = false;
-        progress = true;
-      } else if (n == 0) {
-        d.eof = true;
-        progress = true;
-      } else if (errno == EAGAIN) {
-        // With bytes in the pipe, EAGAIN may mean the pipe ran out of slots
-        // rather than the socket of data: keep `readable` and drain first.
-        if (pipe.bytes == 0) d.from->readable = false;
-      } else if (errno != EINTR) {
-        Fail(c, "splice from", d.from, errno);
-        return ShovelResult::kFailed;
+        read = RecvIntoPipe(c, d);
       }
     }
+    if (read == StepResult::kFailed) return ShovelResult::kFailed;
+    if (read == StepResult::kProgress) progress = true;
 
     if (pipe.open() && pipe.bytes > 0 && d.to->writable) {
       ssize_t n = splice(pipe.read_end, nullptr, d.to->fd, nullptr, pipe.bytes, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -797,6 +769,31 @@ StepResult Worker::CopyThrough(Connection* c, Direction& d, size_t* moved) {
     return StepResult::kFailed;
   }
   return FillEmptyPipe(c, d, static_cast<size_t>(sent), n - static_cast<size_t>(sent));
+}
+
+// One splice from `from` into the direction's pipe, as much as it has room for.
+StepResult Worker::SpliceIntoPipe(Connection* c, Direction& d) {
+  Pipe& pipe = d.pipe;
+  ssize_t n = splice(d.from->fd, nullptr, pipe.write_end, nullptr, pipe.capacity - pipe.bytes,
+                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  if (n > 0) {
+    pipe.bytes += static_cast<size_t>(n);
+    if (static_cast<size_t>(n) < kCopyChunk) d.bulk = false;
+    return StepResult::kProgress;
+  }
+  if (n == 0) {
+    d.eof = true;
+    return StepResult::kProgress;
+  }
+  if (errno == EAGAIN) {
+    // With bytes in the pipe, EAGAIN may mean the pipe ran out of slots
+    // rather than the socket of data: keep `readable` and drain first.
+    if (pipe.bytes == 0) d.from->readable = false;
+    return StepResult::kNone;
+  }
+  if (errno == EINTR) return StepResult::kNone;
+  Fail(c, "splice from", d.from, errno);
+  return StepResult::kFailed;
 }
 
 // One recv from `from` into the direction's empty pipe, through the worker's
