@@ -85,6 +85,9 @@ void Engine::Init(Napi::Env env, Napi::Object exports) {
   counters.Set("bytesToClient", static_cast<double>(kBytesToClient));
   counters.Set("pipesInUse", static_cast<double>(kPipesInUse));
   counters.Set("pipesPooled", static_cast<double>(kPipesPooled));
+  counters.Set("busyPeriods", static_cast<double>(kBusyPeriods));
+  counters.Set("copyReads", static_cast<double>(kCopyReads));
+  counters.Set("spliceReads", static_cast<double>(kSpliceReads));
   counters.Set("firstWorkerPing", static_cast<double>(kCounterCount));
   exports.Set("COUNTERS", counters);
 }

@@ -176,6 +176,13 @@ struct Connection {
 };
 
 enum class ShovelResult { kIdle, kYield, kNoPipe, kFailed };
+
+// What one turn of one direction did, added to the shared counters once.
+struct TurnTally {
+  size_t moved = 0;
+  size_t copy_reads = 0;
+  size_t splice_reads = 0;
+};
 enum class StepResult { kNone, kProgress, kFailed };
 
 }  // namespace
@@ -212,7 +219,7 @@ class Worker {
 
   void Pump(Connection* c);
   ShovelResult Shovel(Connection* c, Direction& d);
-  ShovelResult ShovelTurn(Connection* c, Direction& d, size_t* moved);
+  ShovelResult ShovelTurn(Connection* c, Direction& d, TurnTally* tally);
   StepResult CopyThrough(Connection* c, Direction& d, size_t* moved);
   StepResult SpliceIntoPipe(Connection* c, Direction& d);
   StepResult RecvIntoPipe(Connection* c, Direction& d);
@@ -667,14 +674,17 @@ void Worker::Pump(Connection* c) {
 // finished, or its turn's budget is spent. Never takes more from `from` than
 // the pipe holds, so a slow reader bounds what the proxy buffers.
 ShovelResult Worker::Shovel(Connection* c, Direction& d) {
-  size_t moved = 0;
-  ShovelResult result = ShovelTurn(c, d, &moved);
+  TurnTally tally;
+  ShovelResult result = ShovelTurn(c, d, &tally);
   // Counted once per turn: the counters are shared by every worker.
-  if (moved > 0) owner_->Count(d.counter, moved);
+  if (tally.moved > 0) owner_->Count(d.counter, tally.moved);
+  if (tally.copy_reads > 0) owner_->Count(kCopyReads, tally.copy_reads);
+  if (tally.splice_reads > 0) owner_->Count(kSpliceReads, tally.splice_reads);
   return result;
 }
 
-ShovelResult Worker::ShovelTurn(Connection* c, Direction& d, size_t* moved) {
+ShovelResult Worker::ShovelTurn(Connection* c, Direction& d, TurnTally* tally) {
+  size_t* moved = &tally->moved;
   while (!d.done) {
     bool progress = false;
     Pipe& pipe = d.pipe;
@@ -684,6 +694,7 @@ ShovelResult Worker::ShovelTurn(Connection* c, Direction& d, size_t* moved) {
     StepResult read = StepResult::kNone;
     if (!d.eof && d.from->readable && !d.bulk && !pipe.open() && d.to->writable && !spare_pipes_.empty()) {
       read = CopyThrough(c, d, moved);
+      if (read == StepResult::kProgress) ++tally->copy_reads;
     } else if (!d.eof && d.from->readable && (!pipe.open() || pipe.bytes < pipe.capacity)) {
       if (!pipe.open() && !AcquirePipe(&pipe)) {
         int err = errno;
@@ -698,11 +709,13 @@ ShovelResult Worker::ShovelTurn(Connection* c, Direction& d, size_t* moved) {
       }
       if (!d.from->urgent) {
         read = SpliceIntoPipe(c, d);
+        if (read == StepResult::kProgress) ++tally->splice_reads;
       } else if (pipe.bytes == 0) {
         // tcp_read_sock stops at the urgent mark, so splice would answer
         // EAGAIN (or 0 after a FIN) there forever: recv steps over it. Only
         // into an empty pipe, which surely takes what was read.
         read = RecvIntoPipe(c, d);
+        if (read == StepResult::kProgress) ++tally->copy_reads;
       }
     }
     if (read == StepResult::kFailed) return ShovelResult::kFailed;
@@ -1028,7 +1041,10 @@ bool Forwarder::AdmitConnection() {
     return false;
   }
   Count(kAccepted, 1);
-  if (before == 0) sink_->OnActivityChanged();
+  if (before == 0) {
+    Count(kBusyPeriods, 1);
+    sink_->OnActivityChanged();
+  }
   return true;
 }
 

@@ -27,6 +27,9 @@ enum Counter : unsigned {
   kBytesToClient,    // bytes forwarded upstream -> client
   kPipesInUse,       // pipes held by connections with bytes in flight
   kPipesPooled,      // spare pipes kept by the workers
+  kBusyPeriods,      // times the active count left 0 (bumped before the activity event is sent)
+  kCopyReads,        // reads that went through the copy path (recv + send)
+  kSpliceReads,      // reads that went through a pipe with splice
   kCounterCount,
   // followed by one slot per worker: the last watchdog ping it answered
 };

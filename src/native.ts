@@ -60,6 +60,12 @@ export interface Addon {
     bytesToClient: number;
     pipesInUse: number;
     pipesPooled: number;
+    /** Times the active count left 0; bumped before the activity event is queued. */
+    busyPeriods: number;
+    /** Reads that went through the copy path (recv + send). */
+    copyReads: number;
+    /** Reads that went through a pipe with splice. */
+    spliceReads: number;
     firstWorkerPing: number;
   };
   /** Creates, binds and listens a non-blocking CLOEXEC stream socket; returns its fd. */

@@ -45,6 +45,10 @@ export interface ProxyStats {
   pipesInUse: number;
   /** Spare pipes kept for reuse. */
   pipesPooled: number;
+  /** Reads that went through the copy path (recv + send: small messages). */
+  copyReads: number;
+  /** Reads that went through a pipe with splice (bulk). */
+  spliceReads: number;
 }
 
 export const LogLevel = { error: 3, warning: 4, info: 6, debug: 7 } as const;
@@ -140,6 +144,8 @@ export class SocketProxy extends EventEmitter {
       bytesToClient: read(K.bytesToClient),
       pipesInUse: read(K.pipesInUse),
       pipesPooled: read(K.pipesPooled),
+      copyReads: read(K.copyReads),
+      spliceReads: read(K.spliceReads),
     };
   }
 
