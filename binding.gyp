@@ -6,7 +6,12 @@
         "native/addon.cc",
         "native/engine.cc",
         "native/forwarder.cc",
-        "native/net.cc"
+        "native/js_errors.cc",
+        "native/net.cc",
+        "native/pipe_pool.cc",
+        "native/shovel.cc",
+        "native/syscalls.cc",
+        "native/worker.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "js_errors.h"
 #include "net.h"
 
 namespace proxyd {
@@ -28,28 +29,24 @@ void DeliverEvent(Napi::Env env, Napi::Function callback, Event* event) {
   delete event;
 }
 
-bool ThrowType(Napi::Env env, const std::string& message) {
-  Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
-  return false;
-}
-
 // Reads an optional non-negative integer option within [min, max].
 bool ReadInt(Napi::Object options, const char* name, double min, double max, double* out) {
   Napi::Value value = options.Get(name);
   if (value.IsUndefined()) return true;
-  double number = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1;
-  if (!value.IsNumber() || number != static_cast<double>(static_cast<int64_t>(number)) || number < min ||
-      number > max) {
-    return ThrowType(options.Env(), std::string("option ") + name + " must be an integer from " +
-                                        std::to_string(static_cast<int64_t>(min)) + " to " +
-                                        std::to_string(static_cast<int64_t>(max)));
+  std::string expected = std::string("option ") + name + " must be an integer from " +
+                         std::to_string(static_cast<int64_t>(min)) + " to " + std::to_string(static_cast<int64_t>(max));
+  if (!value.IsNumber()) return ThrowInvalidType(options.Env(), expected);
+  double number = value.As<Napi::Number>().DoubleValue();
+  // NaN fails every comparison: checked as "not in range".
+  if (!(number >= min && number <= max) || number != static_cast<double>(static_cast<int64_t>(number))) {
+    return ThrowInvalidValue(options.Env(), expected);
   }
   *out = number;
   return true;
 }
 
 bool ReadEndpoints(Napi::Value value, std::vector<Endpoint>* out) {
-  if (!value.IsArray()) return ThrowType(value.Env(), "targets must be an array of {host, port} or {path}");
+  if (!value.IsArray()) return ThrowInvalidType(value.Env(), "targets must be an array of {host, port} or {path}");
   Napi::Array array = value.As<Napi::Array>();
   for (uint32_t i = 0; i < array.Length(); ++i) {
     Endpoint endpoint;
@@ -97,7 +94,7 @@ void Engine::Init(Napi::Env env, Napi::Object exports) {
 Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) {
-    ThrowType(env, "new Engine(options): options must be an object");
+    ThrowInvalidType(env, "new Engine(options): options must be an object");
     return;
   }
   Napi::Object options = info[0].As<Napi::Object>();
@@ -105,14 +102,19 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
 
   Napi::Value listeners = options.Get("listeners");
   if (!listeners.IsArray()) {
-    ThrowType(env, "option listeners must be an array of file descriptors");
+    ThrowInvalidType(env, "option listeners must be an array of file descriptors");
     return;
   }
   Napi::Array listener_array = listeners.As<Napi::Array>();
   for (uint32_t i = 0; i < listener_array.Length(); ++i) {
     Napi::Value fd = listener_array.Get(i);
-    if (!fd.IsNumber() || fd.As<Napi::Number>().Int32Value() < 0) {
-      ThrowType(env, "option listeners must be an array of file descriptors");
+    if (!fd.IsNumber()) {
+      ThrowInvalidType(env, "option listeners must be an array of file descriptors");
+      return;
+    }
+    double number = fd.As<Napi::Number>().DoubleValue();
+    if (!(number >= 0 && number <= 2147483647.0) || number != static_cast<double>(static_cast<int32_t>(number))) {
+      ThrowInvalidValue(env, "option listeners must be an array of file descriptors");
       return;
     }
     config.listeners.push_back(fd.As<Napi::Number>().Int32Value());
@@ -166,11 +168,11 @@ void Engine::OnLog(int level, std::string message) {
 Napi::Value Engine::Start(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (started_ || closed_) {
-    Napi::Error::New(env, "engine already started").ThrowAsJavaScriptException();
+    ThrowWithCode(env, "ERR_ENGINE_STARTED", "engine already started");
     return env.Undefined();
   }
   if (!info[0].IsFunction()) {
-    ThrowType(env, "start(onEvent): onEvent must be a function");
+    ThrowInvalidType(env, "start(onEvent): onEvent must be a function");
     return env.Undefined();
   }
   // Unlimited queue: a worker never blocks on the JS thread.
@@ -179,7 +181,7 @@ Napi::Value Engine::Start(const Napi::CallbackInfo& info) {
   std::string error = forwarder_->Start();
   if (!error.empty()) {
     Shutdown();
-    Napi::Error::New(env, error).ThrowAsJavaScriptException();
+    ThrowWithCode(env, "ERR_ENGINE_START", error);
   }
   return env.Undefined();
 }
@@ -215,7 +217,7 @@ Napi::Value Engine::StopAccepting(const Napi::CallbackInfo& info) {
 
 Napi::Value Engine::Ping(const Napi::CallbackInfo& info) {
   if (!info[0].IsNumber()) {
-    ThrowType(info.Env(), "ping(seq): seq must be a number");
+    ThrowInvalidType(info.Env(), "ping(seq): seq must be a number");
     return info.Env().Undefined();
   }
   if (started_ && !closed_) forwarder_->Ping(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));

@@ -1,5 +1,6 @@
-// The forwarding engine: worker threads, each with its own epoll instance, that
-// accept clients, connect them to the target and move bytes with splice(2).
+// The Forwarder: owns the worker threads (worker.h) and what they share — the
+// configuration, the counter block JS reads, the target addresses, the
+// connection limit — and hands commands to them (stop accepting, ping, stop).
 // No N-API in here: engine.cc is the JavaScript-facing wrapper.
 #pragma once
 
@@ -63,6 +64,8 @@ struct ForwarderConfig {
 };
 
 class Worker;
+class PipePool;
+class Shovel;
 
 class Forwarder {
  public:
@@ -87,16 +90,22 @@ class Forwarder {
 
  private:
   friend class Worker;
+  friend class PipePool;
+  friend class Shovel;
 
   std::shared_ptr<const std::vector<Endpoint>> targets() const;
   void Log(int level, std::string message);
   bool ShouldLog(int level) const { return level <= log_level_.load(std::memory_order_relaxed); }
-  void Count(Counter counter, uint64_t n) {
-    counters_[counter].fetch_add(n, std::memory_order_relaxed);
+  // Adds `n` (may be negative) to a shared counter.
+  void Count(Counter counter, int64_t n) {
+    counters_[counter].fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
   }
   // Returns false if the limit is reached (and counts the refusal).
   bool AdmitConnection();
   void ReleaseConnection();
+  // A worker has left the listening sockets for good (StopAccepting, or its end).
+  void OnListenersDropped();
+  void CloseListenersLocked();
 
   ForwarderConfig config_;
   std::atomic<uint64_t>* counters_;
@@ -110,12 +119,15 @@ class Forwarder {
   std::vector<std::unique_ptr<Worker>> workers_;
   bool started_ = false;
   bool stopped_ = false;
-  bool listeners_closed_ = false;
 
-  // StopAccepting waits until every worker has dropped the listeners.
+  // The listening sockets are closed only once no worker can refer to them:
+  // StopAccepting waits (bounded) until every worker has dropped them; if one
+  // is stuck, the last worker to drop them closes them.
   std::mutex ack_mutex_;
   std::condition_variable ack_cv_;
-  unsigned listeners_dropped_ = 0;
+  unsigned listeners_dropped_ = 0;   // workers that left the listeners
+  bool close_listeners_on_last_drop_ = false;
+  bool listeners_closed_ = false;
 
   // Commands to the workers, read when their eventfd wakes them.
   std::atomic<bool> stopping_{false};

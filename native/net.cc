@@ -14,16 +14,15 @@
 
 #include <cstddef>
 
+#include "js_errors.h"
+#include "syscalls.h"
+
 namespace proxyd {
 namespace {
 
-std::string ErrnoText(int err) {
-  char buf[128];
-  return strerror_r(err, buf, sizeof buf);
-}
-
-Napi::Value ThrowError(Napi::Env env, const std::string& message) {
-  Napi::Error::New(env, message).ThrowAsJavaScriptException();
+// Throws `context: strerror(err)` with code = the errno's name.
+Napi::Value ThrowErrno(Napi::Env env, int err, const std::string& context) {
+  ThrowSystemError(env, err, context + ": " + ErrnoText(err));
   return env.Undefined();
 }
 
@@ -77,22 +76,25 @@ Napi::Value BindListener(const Napi::CallbackInfo& info) {
   if (!EndpointFromJs(info[0], &endpoint)) return env.Undefined();
   int backlog = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : SOMAXCONN;
   int fd = socket(endpoint.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return ThrowError(env, "socket(" + endpoint.text + "): " + ErrnoText(errno));
+  if (fd < 0) {
+    int err = errno;
+    return ThrowErrno(env, err, "socket(" + endpoint.text + ")");
+  }
   int one = 1;
   if (endpoint.addr.ss_family != AF_UNIX && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
     int err = errno;
     close(fd);
-    return ThrowError(env, "setsockopt(" + endpoint.text + ", SO_REUSEADDR): " + ErrnoText(err));
+    return ThrowErrno(env, err, "setsockopt(" + endpoint.text + ", SO_REUSEADDR)");
   }
   if (bind(fd, reinterpret_cast<const sockaddr*>(&endpoint.addr), endpoint.len) < 0) {
     int err = errno;
     close(fd);
-    return ThrowError(env, "Failed to listen on " + endpoint.text + ": " + ErrnoText(err));
+    return ThrowErrno(env, err, "Failed to listen on " + endpoint.text);
   }
   if (listen(fd, backlog) < 0) {
     int err = errno;
     close(fd);
-    return ThrowError(env, "Failed to listen on " + endpoint.text + ": " + ErrnoText(err));
+    return ThrowErrno(env, err, "Failed to listen on " + endpoint.text);
   }
   return Napi::Number::New(env, fd);
 }
@@ -101,24 +103,34 @@ Napi::Value BindListener(const Napi::CallbackInfo& info) {
 // closed fd.
 Napi::Value InspectFd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) {
+    ThrowInvalidType(env, "inspectFd(fd): fd must be a number");
+    return env.Undefined();
+  }
   int fd = info[0].As<Napi::Number>().Int32Value();
   Napi::Object result = Napi::Object::New(env);
   struct stat st;
-  if (fstat(fd, &st) < 0) return ThrowError(env, "fd " + std::to_string(fd) + ": " + ErrnoText(errno));
+  if (fstat(fd, &st) < 0) {
+    int err = errno;
+    return ThrowErrno(env, err, "fd " + std::to_string(fd));
+  }
   result.Set("socket", Napi::Boolean::New(env, S_ISSOCK(st.st_mode)));
   if (!S_ISSOCK(st.st_mode)) return result;
   int type = 0, listening = 0, domain = 0;
   socklen_t len = sizeof type;
   if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
-    return ThrowError(env, "fd " + std::to_string(fd) + ": getsockopt(SO_TYPE): " + ErrnoText(errno));
+    int err = errno;
+    return ThrowErrno(env, err, "fd " + std::to_string(fd) + ": getsockopt(SO_TYPE)");
   }
   len = sizeof listening;
   if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0) {
-    return ThrowError(env, "fd " + std::to_string(fd) + ": getsockopt(SO_ACCEPTCONN): " + ErrnoText(errno));
+    int err = errno;
+    return ThrowErrno(env, err, "fd " + std::to_string(fd) + ": getsockopt(SO_ACCEPTCONN)");
   }
   len = sizeof domain;
   if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) {
-    return ThrowError(env, "fd " + std::to_string(fd) + ": getsockopt(SO_DOMAIN): " + ErrnoText(errno));
+    int err = errno;
+    return ThrowErrno(env, err, "fd " + std::to_string(fd) + ": getsockopt(SO_DOMAIN)");
   }
   sockaddr_storage addr{};
   socklen_t addr_len = sizeof addr;
@@ -131,10 +143,17 @@ Napi::Value InspectFd(const Napi::CallbackInfo& info) {
   return result;
 }
 
-Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+Napi::Value CloseFdForJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) {
+    ThrowInvalidType(env, "closeFd(fd): fd must be a number");
+    return env.Undefined();
+  }
   int fd = info[0].As<Napi::Number>().Int32Value();
-  if (close(fd) < 0) return ThrowError(env, "close(" + std::to_string(fd) + "): " + ErrnoText(errno));
+  if (close(fd) < 0) {
+    int err = errno;
+    return ThrowErrno(env, err, "close(" + std::to_string(fd) + ")");
+  }
   return env.Undefined();
 }
 
@@ -144,20 +163,26 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
 Napi::Value SdNotify(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsString() || !info[1].IsString()) {
-    Napi::TypeError::New(env, "sdNotify(socketPath: string, message: string)").ThrowAsJavaScriptException();
+    ThrowInvalidType(env, "sdNotify(socketPath: string, message: string)");
     return env.Undefined();
   }
   Endpoint endpoint;
   std::string error = ParseUnixEndpoint(info[0].As<Napi::String>().Utf8Value(), &endpoint);
-  if (!error.empty()) return ThrowError(env, "NOTIFY_SOCKET: " + error);
+  if (!error.empty()) {
+    ThrowInvalidValue(env, "NOTIFY_SOCKET: " + error);
+    return env.Undefined();
+  }
   std::string message = info[1].As<Napi::String>().Utf8Value();
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return ThrowError(env, "sd_notify: socket: " + ErrnoText(errno));
+  if (fd < 0) {
+    int err = errno;
+    return ThrowErrno(env, err, "sd_notify: socket");
+  }
   ssize_t sent = sendto(fd, message.data(), message.size(), MSG_NOSIGNAL,
                         reinterpret_cast<const sockaddr*>(&endpoint.addr), endpoint.len);
   int err = errno;
   close(fd);
-  if (sent < 0) return ThrowError(env, "sd_notify(" + endpoint.text + "): " + ErrnoText(err));
+  if (sent < 0) return ThrowErrno(env, err, "sd_notify(" + endpoint.text + ")");
   return env.Undefined();
 }
 
@@ -166,7 +191,10 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
 Napi::Value RaiseFdLimit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   rlimit limit;
-  if (getrlimit(RLIMIT_NOFILE, &limit) < 0) return ThrowError(env, "getrlimit(RLIMIT_NOFILE): " + ErrnoText(errno));
+  if (getrlimit(RLIMIT_NOFILE, &limit) < 0) {
+    int err = errno;
+    return ThrowErrno(env, err, "getrlimit(RLIMIT_NOFILE)");
+  }
   if (limit.rlim_cur < limit.rlim_max) {
     rlimit raised = limit;
     raised.rlim_cur = limit.rlim_max;
@@ -227,8 +255,7 @@ std::string ParseUnixEndpoint(const std::string& path, Endpoint* out) {
 bool EndpointFromJs(const Napi::Value& value, Endpoint* out) {
   Napi::Env env = value.Env();
   if (!value.IsObject()) {
-    Napi::TypeError::New(env, "address must be {host, port} or {path}").ThrowAsJavaScriptException();
-    return false;
+    return ThrowInvalidType(env, "address must be {host, port} or {path}");
   }
   Napi::Object object = value.As<Napi::Object>();
   std::string error;
@@ -239,14 +266,12 @@ bool EndpointFromJs(const Napi::Value& value, Endpoint* out) {
     Napi::Value host = object.Get("host");
     Napi::Value port = object.Get("port");
     if (!host.IsString() || !port.IsNumber()) {
-      Napi::TypeError::New(env, "address must be {host, port} or {path}").ThrowAsJavaScriptException();
-      return false;
+      return ThrowInvalidType(env, "address must be {host, port} or {path}");
     }
     error = ParseInetEndpoint(host.As<Napi::String>().Utf8Value(), port.As<Napi::Number>().Int32Value(), out);
   }
   if (!error.empty()) {
-    Napi::Error::New(env, error).ThrowAsJavaScriptException();
-    return false;
+    return ThrowInvalidValue(env, error);
   }
   return true;
 }
@@ -254,7 +279,7 @@ bool EndpointFromJs(const Napi::Value& value, Endpoint* out) {
 void InitNet(Napi::Env env, Napi::Object exports) {
   exports.Set("bindListener", Napi::Function::New(env, BindListener, "bindListener"));
   exports.Set("inspectFd", Napi::Function::New(env, InspectFd, "inspectFd"));
-  exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFdForJs, "closeFd"));
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));
   exports.Set("raiseFdLimit", Napi::Function::New(env, RaiseFdLimit, "raiseFdLimit"));
 }

@@ -1,0 +1,92 @@
+// The connection model: what an epoll event points at (Watch), the two sockets
+// of a connection (Side), the pipe that carries one direction's bytes in
+// flight (Pipe), each direction (Direction) and the connection itself.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "forwarder.h"
+#include "list.h"
+
+namespace proxyd {
+
+// What an epoll event's data.ptr points at.
+struct Watch {
+  enum Kind : uint8_t { kWake, kListener, kSide } kind;
+  explicit Watch(Kind k) : kind(k) {}
+};
+
+struct Connection;
+
+// One socket of a connection and what epoll last told us about it.
+struct Side : Watch {
+  Connection* conn;
+  const char* name;
+  int fd = -1;
+  bool readable = false;
+  bool writable = false;
+  // An end (or urgent data) was seen: read until EAGAIN, a short read proves nothing.
+  bool read_until_eagain = false;
+  // Urgent (out-of-band) data was seen: splice would stop at its mark for good.
+  bool urgent = false;
+  Side(Connection* c, const char* n) : Watch(kSide), conn(c), name(n) {}
+
+  // Readiness as epoll reports it (edge-triggered: remembered until a
+  // syscall answers EAGAIN).
+  void NoteEvents(uint32_t events);
+};
+
+struct Pipe {
+  int read_end = -1;
+  int write_end = -1;
+  size_t capacity = 0;
+  size_t bytes = 0;  // in the pipe now
+  bool open() const { return read_end >= 0; }
+};
+
+// One direction of a connection: from -> pipe -> to.
+struct Direction {
+  Side* from;
+  Side* to;
+  Counter counter;
+  Pipe pipe;
+  bool eof = false;   // `from` ended its stream
+  bool done = false;  // ...and that end reached `to` as shutdown(SHUT_WR)
+  bool bulk = false;  // the last read filled its buffer: splice, don't copy
+  Direction(Side* f, Side* t, Counter c) : from(f), to(t), counter(c) {}
+};
+
+// What a connection waits for, besides epoll: each kind has its own list in
+// the worker, ordered by `Connection::deadline`.
+enum class Wait : uint8_t {
+  kNone,
+  kConnect,     // connect() in progress; deadline: give up on this address
+  kSocketFds,   // socket() failed for lack of fds; deadline: try again
+  kPipe,        // no pipe could be made for lack of fds; deadline: try again
+};
+
+struct Connection {
+  Side client{this, "client"};
+  Side upstream{this, "upstream"};
+  Direction to_upstream{&client, &upstream, kBytesToUpstream};
+  Direction to_client{&upstream, &client, kBytesToClient};
+  // Until connected: the addresses to try, the next one, and when to stop
+  // waiting for fds.
+  std::shared_ptr<const std::vector<Endpoint>> targets;
+  size_t next_target = 0;
+  int64_t give_up_at = 0;
+  Wait wait = Wait::kNone;
+  int64_t deadline = 0;  // of `wait`
+  bool connected = false;
+  bool closed = false;
+  Link<Connection> all{this};      // every open connection of the worker
+  Link<Connection> waiting{this};  // on the worker's list for `wait`
+  Link<Connection> ready{this};    // ran out of budget (or was interrupted) with work left
+
+  Direction& other(const Direction& d) { return &d == &to_upstream ? to_client : to_upstream; }
+};
+
+}  // namespace proxyd

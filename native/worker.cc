@@ -1,0 +1,554 @@
+#include "worker.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cassert>
+#include <utility>
+
+#include "syscalls.h"
+
+namespace proxyd {
+namespace {
+
+constexpr int kMaxEvents = 256;
+constexpr int kAcceptBatch = 64;
+// Out of fds: how long clients wait in the backlog, and connections for a
+// socket or a pipe, before the next try.
+constexpr int kRetryAfterShortageMs = 100;
+constexpr int kShortageEpisodeGapMs = 1000;
+constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
+
+bool SetNoDelay(int fd) {
+  int one = 1;
+  return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
+}
+
+}  // namespace
+
+bool LogThrottle::Admit(int64_t now, std::string* message) {
+  if (last != 0 && now - last < 1000) {
+    ++suppressed;
+    return false;
+  }
+  if (suppressed != 0) *message += " (" + std::to_string(suppressed) + " more since the last message)";
+  last = now;
+  suppressed = 0;
+  return true;
+}
+
+void Side::NoteEvents(uint32_t events) {
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLPRI)) readable = true;
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLPRI)) read_until_eagain = true;
+  if (events & EPOLLPRI) urgent = true;
+  if (events & (EPOLLOUT | EPOLLHUP)) writable = true;
+}
+
+// ---------------------------------------------------------------------------
+// Lifecycle
+
+Worker::Worker(Forwarder* owner, unsigned index) : owner_(owner), index_(index), pool_(owner), shovel_(owner, &pool_) {}
+
+Worker::~Worker() {
+  assert(!all_.linked() && graveyard_.empty());
+  CloseFd(wake_fd_);
+  CloseFd(epoll_fd_);
+}
+
+std::string Worker::Init() {
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) return "epoll_create1: " + ErrnoText(errno);
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) return "eventfd: " + ErrnoText(errno);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = &wake_watch_;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return "epoll_ctl(eventfd): " + ErrnoText(errno);
+  for (int fd : owner_->config_.listeners) listeners_.push_back(std::make_unique<ListenerWatch>(fd));
+  std::string error = pool_.Init();
+  if (!error.empty()) return error;
+  if (!AddListeners()) return "epoll_ctl(listener): " + ErrnoText(errno);
+  return "";
+}
+
+std::string Worker::StartThread() {
+  // Signals belong to the JS thread; workers never take them.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  int err = pthread_create(&thread_, nullptr, &Worker::ThreadMain, this);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (err != 0) return "pthread_create: " + ErrnoText(err);
+  thread_started_ = true;
+  // Named so that top -H, /proc/PID/task/*/comm and debuggers tell them apart.
+  std::string name = "proxyd-wrk" + std::to_string(index_);  // at most 15 characters
+  err = pthread_setname_np(thread_, name.c_str());
+  if (err != 0) Log(kLogDebug, "pthread_setname_np: " + ErrnoText(err));
+  return "";
+}
+
+void Worker::Wake() {
+  if (wake_fd_ < 0) return;
+  uint64_t one = 1;
+  // EAGAIN means the counter is already non-zero: the worker will wake anyway.
+  if (write(wake_fd_, &one, sizeof one) < 0 && !IsWouldBlock(errno)) {
+    Log(kLogError, "eventfd write: " + ErrnoText(errno));
+  }
+}
+
+void Worker::Join() {
+  if (!thread_started_) return;
+  pthread_join(thread_, nullptr);
+  thread_started_ = false;
+}
+
+void* Worker::ThreadMain(void* self) {
+  static_cast<Worker*>(self)->Run();
+  return nullptr;
+}
+
+void Worker::Run() {
+  epoll_event events[kMaxEvents];
+  while (!owner_->stopping_.load(std::memory_order_acquire)) {
+    int n = epoll_wait(epoll_fd_, events, kMaxEvents, NextTimeoutMs(NowMs()));
+    if (n < 0) {
+      if (IsInterrupted(errno)) continue;
+      Log(kLogError, "epoll_wait: " + ErrnoText(errno));
+      break;
+    }
+    for (int i = 0; i < n; ++i) HandleEvent(static_cast<Watch*>(events[i].data.ptr), events[i].events);
+    RunReadyQueue();
+    RunTimers(NowMs());
+    BuryClosed();
+  }
+  CloseAll();
+  // A worker that leaves its loop must not leave StopAccepting waiting.
+  if (!acked_stop_accepting_) AckStopAccepting();
+}
+
+void Worker::HandleEvent(Watch* watch, uint32_t events) {
+  switch (watch->kind) {
+    case Watch::kWake:
+      OnWake();
+      break;
+    case Watch::kListener:
+      OnListenerReadable(static_cast<ListenerWatch*>(watch));
+      break;
+    case Watch::kSide:
+      OnSideEvent(static_cast<Side*>(watch), events);
+      break;
+  }
+}
+
+void Worker::OnWake() {
+  uint64_t value;
+  if (read(wake_fd_, &value, sizeof value) < 0 && !IsWouldBlock(errno)) {
+    Log(kLogError, "eventfd read: " + ErrnoText(errno));
+  }
+  owner_->counters_[kCounterCount + index_].store(owner_->ping_seq_.load(std::memory_order_acquire),
+                                                  std::memory_order_release);
+  if (!owner_->accepting_.load(std::memory_order_acquire) && !acked_stop_accepting_) AckStopAccepting();
+}
+
+// Leaves the listening sockets for good and tells StopAccepting so. Until this
+// runs, the listeners stay open: this worker may still refer to them.
+void Worker::AckStopAccepting() {
+  assert(!acked_stop_accepting_);
+  DropListeners();
+  resume_accept_at_ = 0;
+  acked_stop_accepting_ = true;
+  owner_->OnListenersDropped();
+}
+
+// ---------------------------------------------------------------------------
+// Timers: one list per kind of wait, each in deadline order (every entry of a
+// list waits the same span), so only the heads are looked at.
+
+Link<Connection>* Worker::WaitList(Wait wait) {
+  switch (wait) {
+    case Wait::kConnect: return &connects_;
+    case Wait::kSocketFds: return &socket_waits_;
+    case Wait::kPipe: return &pipe_waits_;
+    case Wait::kNone: break;
+  }
+  return nullptr;
+}
+
+void Worker::StartWait(Connection* c, Wait wait, int64_t deadline) {
+  assert(c->wait == Wait::kNone && !c->waiting.linked() && wait != Wait::kNone);
+  c->wait = wait;
+  c->deadline = deadline;
+  c->waiting.AppendTo(WaitList(wait));
+}
+
+void Worker::EndWait(Connection* c) {
+  c->waiting.Unlink();
+  c->wait = Wait::kNone;
+}
+
+int Worker::NextTimeoutMs(int64_t now) const {
+  if (ready_.linked()) return 0;
+  int64_t deadline = -1;
+  auto consider = [&](int64_t at) {
+    if (at != 0 && (deadline < 0 || at < deadline)) deadline = at;
+  };
+  for (const Link<Connection>* list : {&connects_, &socket_waits_, &pipe_waits_}) {
+    if (list->linked()) consider(list->first()->deadline);
+  }
+  consider(resume_accept_at_);
+  consider(pool_.next_trim_at());
+  if (deadline < 0) return -1;
+  return deadline <= now ? 0 : static_cast<int>(deadline - now);
+}
+
+void Worker::RunTimers(int64_t now) {
+  while (connects_.linked() && connects_.first()->deadline <= now) {
+    Connection* c = connects_.first();
+    EndWait(c);
+    CloseSide(&c->upstream, CloseHow::kEnd);
+    ConnectNext(c, ETIMEDOUT);
+  }
+  // Those due now are taken off first: a retry that fails again goes to the
+  // back of the list with a new deadline, and waits for it.
+  for (Link<Connection>* list : {&socket_waits_, &pipe_waits_}) {
+    Link<Connection> due;
+    while (list->linked() && list->first()->deadline <= now) {
+      Connection* c = list->first();
+      c->waiting.Unlink();
+      c->waiting.AppendTo(&due);
+    }
+    while (due.linked()) {
+      Connection* c = due.first();
+      bool for_pipe = c->wait == Wait::kPipe;
+      EndWait(c);
+      if (for_pipe) {
+        Pump(c);
+      } else {
+        ConnectNext(c, EMFILE);
+      }
+    }
+  }
+  if (resume_accept_at_ != 0 && now >= resume_accept_at_) {
+    resume_accept_at_ = 0;
+    if (owner_->accepting_.load(std::memory_order_acquire)) AddListeners();
+  }
+  pool_.Trim(now);
+}
+
+// ---------------------------------------------------------------------------
+// Accepting
+
+// Every listener joins this worker's epoll set, or none does: a listener left
+// in the set while this worker does not accept from it would be reported
+// (level-triggered) without end. On failure the next try is scheduled.
+bool Worker::AddListeners() {
+  for (auto& l : listeners_) {
+    if (l->registered) continue;
+    epoll_event ev{};
+    // EPOLLEXCLUSIVE: a new client wakes one worker, not all of them.
+    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    ev.data.ptr = l.get();
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, l->fd, &ev) < 0) {
+      int err = errno;
+      DropListeners();
+      resume_accept_at_ = NowMs() + kRetryAfterShortageMs;
+      LogThrottled(&accept_resume_log_, kLogWarning,
+                   "Failed to resume accepting (epoll_ctl: " + ErrnoText(err) + "); retrying every " +
+                       std::to_string(kRetryAfterShortageMs) + " ms.");
+      errno = err;
+      return false;
+    }
+    l->registered = true;
+  }
+  return true;
+}
+
+void Worker::DropListeners() {
+  for (auto& l : listeners_) {
+    if (!l->registered) continue;
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, l->fd, nullptr) < 0) {
+      Log(kLogError, "epoll_ctl(DEL listener): " + ErrnoText(errno));
+    }
+    l->registered = false;
+  }
+}
+
+void Worker::PauseAccepting(int err) {
+  // Out of fds (or kernel memory): clients wait in the backlog. Retrying at
+  // once would spin, so stop listening for a moment and try again. Spare
+  // pipes hold fds too: give them back.
+  DropListeners();
+  pool_.ShrinkToReserve();
+  int64_t now = NowMs();
+  resume_accept_at_ = now + kRetryAfterShortageMs;
+  owner_->last_shortage_ms_.store(now, std::memory_order_relaxed);
+  if (!owner_->accept_failing_.exchange(true)) {
+    Log(kLogWarning, "Not accepting new connections for now (" + ErrnoText(err) + "); retrying every " +
+                         std::to_string(kRetryAfterShortageMs) + " ms.");
+  }
+}
+
+void Worker::OnListenerReadable(ListenerWatch* listener) {
+  if (!listener->registered) return;  // dropped earlier in this batch
+  for (int i = 0; i < kAcceptBatch; ++i) {
+    // Checked before every accept: once StopAccepting returns, no worker
+    // takes another client (it stays in the backlog for the next instance).
+    if (!owner_->accepting_.load(std::memory_order_acquire)) {
+      if (!acked_stop_accepting_) AckStopAccepting();
+      return;
+    }
+    sockaddr_storage peer;
+    socklen_t peer_len = sizeof peer;
+    int fd = accept4(listener->fd, reinterpret_cast<sockaddr*>(&peer), &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      if (IsWouldBlock(err)) return;
+      if (IsAcceptAgain(err)) continue;  // that client is gone; the next one may be fine
+      PauseAccepting(err);
+      return;
+    }
+    if (owner_->accept_failing_.load(std::memory_order_relaxed) &&
+        NowMs() - owner_->last_shortage_ms_.load(std::memory_order_relaxed) > kShortageEpisodeGapMs &&
+        owner_->accept_failing_.exchange(false)) {
+      Log(kLogInfo, "Accepting connections again.");
+    }
+    if (!owner_->AdmitConnection()) {
+      CloseFd(fd);
+      continue;
+    }
+    auto* c = new Connection();
+    c->client.fd = fd;
+    c->all.AppendTo(&all_);
+    if (IsInet(peer.ss_family) && !SetNoDelay(fd)) {
+      Fail(c, ShovelFailure{"setsockopt(TCP_NODELAY)", &c->client, errno});
+      continue;
+    }
+    if (!WatchSide(&c->client)) {
+      Fail(c, ShovelFailure{"epoll_ctl(ADD)", &c->client, errno});
+      continue;
+    }
+    c->targets = owner_->targets();
+    c->give_up_at = NowMs() + owner_->config_.connect_timeout_ms;
+    ConnectNext(c, EDESTADDRREQ);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Connecting upstream: each address in turn, each bounded by the timeout.
+
+void Worker::ConnectNext(Connection* c, int last_error) {
+  assert(!c->connected && c->upstream.fd < 0 && c->wait == Wait::kNone);
+  const std::vector<Endpoint>& targets = *c->targets;
+  while (c->next_target < targets.size()) {
+    const Endpoint& target = targets[c->next_target++];
+    int fd = socket(target.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      last_error = errno;
+      if (IsResourceShortage(last_error)) {
+        // Every address would fail alike, and so would the clients behind
+        // this one: leave those in the backlog, and this one waiting, until
+        // fds free up.
+        PauseAccepting(last_error);
+        int64_t now = NowMs();
+        if (now >= c->give_up_at) break;
+        --c->next_target;
+        StartWait(c, Wait::kSocketFds, now + kRetryAfterShortageMs);
+        return;
+      }
+      continue;
+    }
+    if (IsInet(target.addr.ss_family) && !SetNoDelay(fd)) {
+      last_error = errno;
+      CloseFd(fd);
+      continue;
+    }
+    // A connect that completes at once (UNIX sockets) is reported by the
+    // EPOLLOUT that registration raises, like one that completes later.
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&target.addr), target.len) < 0 && errno != EINPROGRESS) {
+      last_error = errno;
+      CloseFd(fd);
+      continue;
+    }
+    c->upstream.fd = fd;
+    if (!WatchSide(&c->upstream)) {
+      last_error = errno;
+      CloseSide(&c->upstream, CloseHow::kEnd);
+      continue;
+    }
+    StartWait(c, Wait::kConnect, NowMs() + owner_->config_.connect_timeout_ms);
+    return;
+  }
+  owner_->Count(kUpstreamFailed, 1);
+  LogUpstreamFailure(c, last_error);
+  Close(c, CloseHow::kEnd);  // like the original: the client just sees the end
+}
+
+void Worker::OnConnectResult(Connection* c, uint32_t events) {
+  if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+  // Writable without an error or hang-up: connected. Otherwise ask why not.
+  int err = 0;
+  if (events & (EPOLLERR | EPOLLHUP)) {
+    err = SocketError(c->upstream.fd);
+    if (err == 0 && !(events & EPOLLOUT)) err = ECONNREFUSED;
+  }
+  EndWait(c);
+  if (err != 0) {
+    CloseSide(&c->upstream, CloseHow::kEnd);
+    ConnectNext(c, err);
+    return;
+  }
+  c->connected = true;
+  c->targets.reset();
+  c->upstream.writable = true;
+  // Registered before connect(): bytes that came since raised EPOLLIN already.
+  c->upstream.NoteEvents(events);
+  Pump(c);
+}
+
+void Worker::LogThrottled(LogThrottle* throttle, int level, std::string message) {
+  if (owner_->ShouldLog(level) && throttle->Admit(NowMs(), &message)) Log(level, std::move(message));
+}
+
+// A dead upstream fails every client: say so once a second, not per client.
+void Worker::LogUpstreamFailure(const Connection* c, int err) {
+  if (!owner_->ShouldLog(kLogWarning)) return;
+  std::string message = "Failed to connect to ";
+  const std::vector<Endpoint>& targets = *c->targets;
+  if (targets.empty()) {
+    message += "upstream: no address to connect to";
+  } else {
+    message += targets.back().text;
+    if (targets.size() > 1) message += " (and " + std::to_string(targets.size() - 1) + " other addresses)";
+    message += ": " + ErrnoText(err);
+  }
+  LogThrottled(&upstream_failure_log_, kLogWarning, std::move(message));
+}
+
+// ---------------------------------------------------------------------------
+// Forwarding
+
+void Worker::OnSideEvent(Side* side, uint32_t events) {
+  Connection* c = side->conn;
+  if (c->closed) return;  // closed earlier in this batch; freed after it
+  if (side == &c->upstream && !c->connected) {
+    OnConnectResult(c, events);
+    return;
+  }
+  if (events & EPOLLERR) {
+    // A reset (or other error) on either side ends the whole connection.
+    int err = SocketError(side->fd);
+    if (err != 0) {
+      Fail(c, ShovelFailure{"socket error on", side, err});
+      return;
+    }
+  }
+  side->NoteEvents(events);
+  if (c->connected) Pump(c);
+}
+
+void Worker::Pump(Connection* c) {
+  ShovelResult up = shovel_.Move(c, c->to_upstream);
+  if (up == ShovelResult::kFailed) return Fail(c, shovel_.failure());
+  ShovelResult down = shovel_.Move(c, c->to_client);
+  if (down == ShovelResult::kFailed) return Fail(c, shovel_.failure());
+  if (c->to_upstream.done && c->to_client.done) return Close(c, CloseHow::kEnd);
+  if ((up == ShovelResult::kYield || down == ShovelResult::kYield) && !c->ready.linked()) {
+    c->ready.AppendTo(&ready_);
+  }
+  if ((up == ShovelResult::kNoPipe || down == ShovelResult::kNoPipe) && c->wait == Wait::kNone) {
+    // The bytes stay in the socket; retried once fds may have freed up.
+    PauseAccepting(shovel_.failure().err);
+    StartWait(c, Wait::kPipe, NowMs() + kRetryAfterShortageMs);
+  }
+}
+
+void Worker::RunReadyQueue() {
+  // Take the current queue; connections that yield again go to the next round.
+  Link<Connection> batch;
+  ready_.MoveAllTo(&batch);
+  while (batch.linked()) {
+    Connection* c = batch.first();
+    c->ready.Unlink();
+    Pump(c);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Sockets in the epoll set, and closing
+
+bool Worker::WatchSide(Side* side) {
+  epoll_event ev{};
+  ev.events = kSocketEvents;
+  ev.data.ptr = side;
+  return epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, side->fd, &ev) == 0;
+}
+
+// Leaves the epoll set explicitly before closing: a registration belongs to
+// the open file description, not the fd, so if anything else holds the
+// socket (a forked child, a dup) close() alone would leave it there, and its
+// events would carry a pointer to a freed connection.
+void Worker::CloseSide(Side* side, CloseHow how) {
+  if (side->fd < 0) return;
+  // ENOENT: it never joined (its epoll_ctl(ADD) is what failed).
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, side->fd, nullptr) < 0 && errno != ENOENT) {
+    LogThrottled(&error_log_, kLogError, std::string("epoll_ctl(DEL ") + side->name + "): " + ErrnoText(errno));
+  }
+  if (how == CloseHow::kReset) {
+    ResetAndClose(side->fd);
+  } else {
+    CloseFd(side->fd);
+  }
+  side->fd = -1;
+}
+
+// A connection broken by an error or a reset: each peer gets a reset, so that
+// neither mistakes what it received for the whole stream.
+void Worker::Fail(Connection* c, const ShovelFailure& failure) {
+  std::string message =
+      std::string("Closing connection: ") + failure.what + " " + failure.side->name + ": " + ErrnoText(failure.err);
+  if (IsDisconnect(failure.err)) {
+    if (owner_->ShouldLog(kLogDebug)) Log(kLogDebug, std::move(message));
+  } else {
+    LogThrottled(&error_log_, kLogWarning, std::move(message));
+  }
+  Close(c, CloseHow::kReset);
+}
+
+void Worker::Close(Connection* c, CloseHow how) {
+  if (c->closed) return;
+  c->closed = true;
+  c->all.Unlink();
+  EndWait(c);
+  c->ready.Unlink();
+  CloseSide(&c->client, how);
+  CloseSide(&c->upstream, how);
+  for (Direction* d : {&c->to_upstream, &c->to_client}) {
+    if (!d->pipe.open()) continue;
+    if (d->pipe.bytes == 0) {
+      pool_.Release(&d->pipe);
+    } else {
+      pool_.Destroy(&d->pipe);
+    }
+  }
+  owner_->ReleaseConnection();
+  // Events for this connection may still be in the current batch.
+  graveyard_.push_back(c);
+}
+
+// The engine is closing: connections still open are cut, and each peer is
+// told so with a reset rather than an end that would look complete.
+void Worker::CloseAll() {
+  while (all_.linked()) Close(all_.first(), CloseHow::kReset);
+  BuryClosed();
+}
+
+void Worker::BuryClosed() {
+  for (Connection* c : graveyard_) delete c;
+  graveyard_.clear();
+}
+
+}  // namespace proxyd

@@ -1,0 +1,125 @@
+// A worker: one thread, one epoll instance. It accepts clients from the shared
+// listening sockets, connects each to the target (every address in turn, each
+// bounded by the connect timeout), and runs the shovel for both directions
+// whenever epoll reports readiness. Waits that epoll cannot report (connect
+// timeouts, retries after running out of fds, the pipe pool's trim) are
+// deadlines on per-kind lists, handled by RunTimers.
+#pragma once
+
+#include <pthread.h>
+#include <sys/epoll.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "connection.h"
+#include "forwarder.h"
+#include "list.h"
+#include "pipe_pool.h"
+#include "shovel.h"
+
+namespace proxyd {
+
+// Lets a failure that repeats for every client be logged once a second, with
+// a count of the ones left unsaid.
+struct LogThrottle {
+  int64_t last = 0;
+  uint64_t suppressed = 0;
+
+  // False if this occurrence should stay quiet; otherwise appends the count of
+  // suppressed ones to `message`.
+  bool Admit(int64_t now, std::string* message);
+};
+
+// A listening socket as one worker's epoll set sees it.
+struct ListenerWatch : Watch {
+  int fd;
+  bool registered = false;  // in this worker's epoll set now
+  explicit ListenerWatch(int listen_fd) : Watch(kListener), fd(listen_fd) {}
+};
+
+class Worker {
+ public:
+  Worker(Forwarder* owner, unsigned index);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  std::string Init();
+  std::string StartThread();
+  void Wake();
+  void Join();
+
+ private:
+  enum class CloseHow { kEnd, kReset };
+
+  static void* ThreadMain(void* self);
+  void Run();
+  void HandleEvent(Watch* watch, uint32_t events);
+  void OnWake();
+  void AckStopAccepting();
+
+  // Timers
+  int NextTimeoutMs(int64_t now) const;
+  void RunTimers(int64_t now);
+  void StartWait(Connection* c, Wait wait, int64_t deadline);
+  void EndWait(Connection* c);
+  Link<Connection>* WaitList(Wait wait);
+
+  // Accepting
+  void OnListenerReadable(ListenerWatch* listener);
+  void PauseAccepting(int err);
+  bool AddListeners();
+  void DropListeners();
+
+  // Connecting
+  void ConnectNext(Connection* c, int last_error);
+  void OnConnectResult(Connection* c, uint32_t events);
+  void LogUpstreamFailure(const Connection* c, int err);
+
+  // Forwarding
+  void OnSideEvent(Side* side, uint32_t events);
+  void Pump(Connection* c);
+  void RunReadyQueue();
+
+  // Sockets in the epoll set, and closing
+  bool WatchSide(Side* side);
+  void CloseSide(Side* side, CloseHow how);
+  void Fail(Connection* c, const ShovelFailure& failure);
+  void Close(Connection* c, CloseHow how);
+  void CloseAll();
+  void BuryClosed();
+
+  void Log(int level, std::string message) { owner_->Log(level, std::move(message)); }
+  void LogThrottled(LogThrottle* throttle, int level, std::string message);
+
+  Forwarder* owner_;
+  unsigned index_;
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;
+  pthread_t thread_{};
+  bool thread_started_ = false;
+
+  Watch wake_watch_{Watch::kWake};
+  std::vector<std::unique_ptr<ListenerWatch>> listeners_;
+  bool acked_stop_accepting_ = false;
+  int64_t resume_accept_at_ = 0;  // 0: not paused
+
+  Link<Connection> all_;
+  Link<Connection> connects_;      // Wait::kConnect, by deadline
+  Link<Connection> socket_waits_;  // Wait::kSocketFds, by deadline
+  Link<Connection> pipe_waits_;    // Wait::kPipe, by deadline
+  Link<Connection> ready_;
+  std::vector<Connection*> graveyard_;  // closed; freed after the event batch
+
+  PipePool pool_;
+  Shovel shovel_;
+
+  LogThrottle upstream_failure_log_;
+  LogThrottle error_log_;
+  LogThrottle accept_resume_log_;
+};
+
+}  // namespace proxyd
