@@ -33,12 +33,15 @@ const USAGE = `usage: node scripts/bench.mjs [options]
   --proxies P[,P..]   proxies: ${'PROXIES'} (default: all; the reference is always included)
   --idle N            idle connections to hold (default 10000, lowered to what RLIMIT_NOFILE allows)
   --json FILE         also write every sample and the summary as JSON
+  --baseline ADDON    also run socket-proxyd with this addon build (e.g. one made from main before a
+                      change), as the proxy "baseline", to compare two builds in the same run
   -h, --help`;
 
 const PROXIES = [
   { id: 'direct', name: 'no proxy' },
   { id: 'systemd', name: 'systemd-socket-proxyd' },
   { id: 'ours', name: 'socket-proxyd' },
+  { id: 'baseline', name: 'socket-proxyd (baseline addon)' },
   { id: 'haproxy', name: 'HAProxy (tcp, splice-auto)' },
   { id: 'socat', name: 'socat' },
   { id: 'node', name: 'Node net pipe' },
@@ -54,7 +57,7 @@ const WORKLOADS = [
   { id: 'newconn', rows: [{ id: 'newconn', label: 'wrk -t2 -c32 new connection per request (1 KiB), conn/s', fmt: 'int', better: 'higher', target: 1.8 }] },
   {
     id: 'idle',
-    proxies: ['systemd', 'ours', 'haproxy', 'node'],
+    proxies: ['systemd', 'ours', 'baseline', 'haproxy', 'node'],
     rows: [
       { id: 'idle-fds', label: 'idle connections: fds per connection (proxy process; lower is better)', fmt: 'fds', better: 'lower', targetAbs: 2 },
       { id: 'idle-rss', label: 'idle connections: RSS per connection, KiB (lower is better)', fmt: 'kib', better: 'lower' },
@@ -62,13 +65,13 @@ const WORKLOADS = [
   },
   {
     id: 'cpu',
-    proxies: ['systemd', 'ours', 'haproxy', 'socat', 'node'],
+    proxies: ['systemd', 'ours', 'baseline', 'haproxy', 'socat', 'node'],
     derived: true, // measured during the bulk and bulk-reverse runs
     rows: [{ id: 'cpu', label: 'CPU seconds per GiB forwarded, iperf3 both directions (lower is better)', fmt: 'cpu', better: 'lower', target: 1.0 }],
   },
   {
     id: 'bulk300',
-    proxies: ['direct', 'systemd', 'ours'],
+    proxies: ['direct', 'systemd', 'ours', 'baseline'],
     rows: [{ id: 'bulk300', label: '300 concurrent bulk streams, proxy as nobody, aggregate Gbit/s', fmt: 'gbps', better: 'higher', target: 1.0 }],
   },
 ];
@@ -84,6 +87,7 @@ try {
       proxies: { type: 'string' },
       idle: { type: 'string' },
       json: { type: 'string' },
+      baseline: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   }).values;
@@ -117,13 +121,16 @@ if (opts.only) {
     if (!WORKLOADS.find((x) => x.id === w)) die(`unknown workload "${w}" (known: ${WORKLOADS.map((x) => x.id).join(', ')})`);
   }
 }
-let selectedProxies = PROXIES.map((p) => p.id);
+const BASELINE_ADDON = opts.baseline ? path.resolve(opts.baseline) : null;
+if (BASELINE_ADDON && !fs.existsSync(BASELINE_ADDON)) die(`--baseline: ${BASELINE_ADDON} does not exist`);
+let selectedProxies = PROXIES.map((p) => p.id).filter((id) => id !== 'baseline' || BASELINE_ADDON);
 if (opts.proxies) {
   selectedProxies = opts.proxies.split(',').map((s) => s.trim()).filter(Boolean);
   for (const p of selectedProxies) {
     if (!PROXIES.find((x) => x.id === p)) die(`unknown proxy "${p}" (known: ${PROXIES.map((x) => x.id).join(', ')})`);
   }
   if (!selectedProxies.includes(REF)) selectedProxies.unshift(REF); // ratios need the reference
+  if (selectedProxies.includes('baseline') && !BASELINE_ADDON) die('proxy "baseline" needs --baseline ADDON');
   selectedProxies = PROXIES.map((p) => p.id).filter((id) => selectedProxies.includes(id)); // table order
 }
 const wantW = (id) => selectedWorkloads.includes(id);
@@ -429,8 +436,11 @@ async function startProxy(id, upstreamPort, { unprivileged = false } = {}) {
       args = ['-l', listen, REFERENCE_BIN, '--connections-max=60000', target];
       break;
     case 'ours':
+    case 'baseline':
       cmd = 'systemd-socket-activate';
       args = ['-l', listen, process.execPath, path.join(ROOT, 'bin', 'socket-proxyd'), '--connections-max=60000', target];
+      // systemd-socket-activate passes its child only the variables named with -E
+      if (id === 'baseline') args.unshift(`-ESOCKET_PROXYD_ADDON=${BASELINE_ADDON}`);
       break;
     case 'haproxy': {
       // HAProxy refuses to start unless RLIMIT_NOFILE covers its maxconn (2 fds each + splice pipes).
@@ -480,7 +490,8 @@ backend out
   await waitListening(port, child, name);
   // Warm up: socket activation execs the proxy on the first connection. Hold one connection until the
   // proxy runs (exe is no longer systemd-socket-activate), so no measurement pays for its start.
-  const activated = id === 'systemd' || id === 'ours';
+  const ourCli = id === 'ours' || id === 'baseline';
+  const activated = id === 'systemd' || ourCli;
   await tryConnect(port, activated ? 300 : 50);
   if (activated) {
     const end = Date.now() + 10000;
@@ -489,11 +500,11 @@ backend out
       try {
         exe = fs.readlinkSync(`/proc/${child.pid}/exe`);
       } catch {}
-      if (exe && exe === fs.realpathSync(id === 'ours' ? process.execPath : REFERENCE_BIN)) break;
+      if (exe && exe === fs.realpathSync(ourCli ? process.execPath : REFERENCE_BIN)) break;
       if (child.exitInfo || Date.now() > end) throw new Error(`${name} did not start:\n${child.tail}`);
       await sleep(50);
     }
-    await sleep(id === 'ours' ? 700 : 200);
+    await sleep(ourCli ? 700 : 200);
     await tryConnect(port, 50);
   }
   await sleep(200);
