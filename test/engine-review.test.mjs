@@ -1,0 +1,170 @@
+// The engine defects of issue 14 ("Engine review"), one test each (bugs 1, 4,
+// 5, 8, 9), plus what the review found untested: invalid Engine options, which
+// read path ran, the spare-pipe cap, a connection waiting for a pipe
+// mid-transfer. Real sockets, real processes, real kernel; faults come from
+// ptrace (a stopped thread), pidfd_getfd (another process holding our
+// sockets), strace --inject (a failing syscall) and rlimits.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import net from 'node:net';
+
+import { SocketProxy } from '../dist/index.js';
+import { addon } from '../dist/native.js';
+import {
+  CLI,
+  closed,
+  collect,
+  connectTo,
+  fdCount,
+  freePort,
+  pattern,
+  sendRepeated,
+  sha256,
+  startServerWith,
+  taskCount,
+  waitFor,
+  waitForPort,
+  within,
+  writeUntilStuck,
+} from './helpers.mjs';
+import {
+  TICKS_PER_SECOND,
+  blackhole,
+  cpuTicks,
+  engineChild,
+  epollRegistrations,
+  fdHolder,
+  fdLinks,
+  freezeThread,
+  reap,
+  straceAttach,
+  threadId,
+} from './fault-helpers.mjs';
+
+const KiB = 1024;
+const MiB = 1024 * 1024;
+const LOOPBACK = { host: '127.0.0.1', port: 0 };
+
+/** Echo server that keeps half-open connections; each socket gets `.tag` = the first bytes it read. */
+const taggingEcho = () => {
+  const sockets = [];
+  return startServerWith({ allowHalfOpen: true }, (s) => {
+    sockets.push(s);
+    s.on('error', () => {});
+    s.once('data', (d) => (s.tag = d.toString()));
+    s.pipe(s);
+  }).then((server) => ({ ...server, sockets, endpoint: { host: '127.0.0.1', port: server.port } }));
+};
+
+/** Writes `text` and resolves once as many bytes came back (an echo behind the proxy). */
+async function exchange(socket, text, ms = 10_000) {
+  let got = '';
+  const reply = new Promise((resolve, reject) => {
+    const onData = (d) => {
+      got += d;
+      if (got.length >= text.length) {
+        socket.off('data', onData);
+        resolve(got);
+      }
+    };
+    socket.on('data', onData);
+    socket.once('close', () => reject(new Error(`closed before the echo of ${JSON.stringify(text)} (got ${JSON.stringify(got)})`)));
+  });
+  socket.write(text);
+  return within(reply, ms, `no echo of ${JSON.stringify(text)} within ${ms} ms (got ${JSON.stringify(got)})`);
+}
+
+/** A client that is served: connects to `port` and gets its own bytes back. */
+async function servedClient(port, text) {
+  const socket = await connectTo(`127.0.0.1:${port}`);
+  socket.on('error', () => {});
+  assert.equal(await exchange(socket, text), text);
+  return socket;
+}
+
+const portOf = (address) => Number(address.split(':').pop());
+
+// ---------------------------------------------------------------------------
+// Bug 1: stale epoll registrations
+
+test('bug 1: every closed socket leaves its epoll set, even while another process holds a duplicate', { timeout: 60_000 }, async () => {
+  const upstream = await taggingEcho();
+  const hole = await blackhole();
+  // Each connection first tries the black hole (its connect attempt times
+  // out after 1 s), then reaches the echo.
+  const proxy = await engineChild({ listen: [LOOPBACK], targets: [hole.endpoint, upstream.endpoint], workers: 2, connectTimeoutMs: 1000 });
+  const holder = await fdHolder();
+  const clients = [];
+  try {
+    const port = portOf(proxy.listeners[0].address);
+    const registrations = () => proxy.epolls.map((ep) => epollRegistrations(proxy.pid, ep));
+    // At rest each worker's epoll set holds its wake eventfd and the listener.
+    const baseline = registrations();
+    assert.equal(baseline.length, 2, 'two workers, two epoll instances');
+    for (const regs of baseline) assert.equal(regs.length, 2, `wake fd + listener: ${JSON.stringify(regs)}`);
+    const baseTfds = new Set(baseline.flat().map((r) => r.tfd));
+    /** fds registered for connections now (client, upstream, connect attempts) that are open in the proxy. */
+    const connectionFds = () => {
+      const open = fdLinks(proxy.pid);
+      return [...new Set(registrations().flat().map((r) => r.tfd))].filter((fd) => !baseTfds.has(fd) && open.get(fd)?.startsWith('socket:'));
+    };
+
+    for (let i = 0; i < 3; i++) {
+      const c = await connectTo(`127.0.0.1:${port}`);
+      c.on('error', () => {});
+      c.ended = closed(c);
+      clients.push(c);
+    }
+    // While the attempts hang: per connection its client socket and its attempt.
+    assert.ok(await waitFor(() => connectionFds().length === 6, 10_000), `registered: ${JSON.stringify(registrations())}`);
+    assert.equal(await holder.dup(proxy.pid, connectionFds()), 6);
+
+    // The attempts time out; each connection reaches the echo.
+    for (let i = 0; i < 3; i++) assert.equal(await exchange(clients[i], `hello ${i}`), `hello ${i}`);
+    assert.ok(await waitFor(() => upstream.sockets.filter((s) => s.tag).length === 3, 5000));
+    // Hold the upstream sockets as well (their fd numbers may be the attempts' again).
+    await holder.dup(proxy.pid, connectionFds());
+    // The held attempts' SYNs will now be answered with a reset: an event for
+    // a socket the proxy closed long ago.
+    hole.close();
+
+    // The connections end three ways: a clean end, a client reset, an upstream reset.
+    // (The last FIN of a clean end comes from close(), so it reaches the client
+    // only once the duplicate is released too.)
+    clients[0].end();
+    clients[1].resetAndDestroy();
+    upstream.sockets.find((s) => s.tag === 'hello 2').resetAndDestroy();
+    assert.ok(await waitFor(async () => (await proxy.stats()).active === 0, 10_000), 'connections did not close');
+
+    // Traffic and ends on the sockets the proxy closed but another process
+    // holds: with a stale registration each is an event carrying a freed
+    // pointer (a use-after-free under ASan).
+    const orphanUpstream = upstream.sockets.find((s) => s.tag === 'hello 1');
+    if (!orphanUpstream.destroyed) orphanUpstream.write('late from upstream');
+    if (!clients[2].destroyed) clients[2].write('late from client');
+    const stale = () => registrations().map((regs) => regs.filter((r) => !baseTfds.has(r.tfd)));
+    const clear = await waitFor(() => stale().every((s) => s.length === 0), 5000);
+    assert.ok(clear, `stale epoll registrations while the sockets are held elsewhere: ${JSON.stringify(stale())}`);
+    orphanUpstream.destroy();
+    clients[2].destroy();
+    await holder.release();
+    const clean = await within(clients[0].ended, 10_000, 'the clean connection did not end once released');
+    assert.equal(clean.error, null, 'a clean end stays clean');
+    assert.equal(clean.ended, true);
+
+    // Still whole: the same registrations as at rest, and a new client is served.
+    assert.deepEqual(registrations().map((regs) => regs.map((r) => r.tfd).sort()), baseline.map((regs) => regs.map((r) => r.tfd).sort()));
+    (await servedClient(port, 'after')).destroy();
+    assert.ok(proxy.alive(), `the proxy died: ${proxy.stderr()}`);
+  } finally {
+    for (const c of clients) c.destroy();
+    await holder.close();
+    await proxy.close();
+    hole.close();
+    await upstream.close();
+  }
+});

@@ -1,0 +1,421 @@
+// Plumbing for the fault tests (engine-review.test.mjs): a proxy engine in a
+// child process that the test can freeze, trace and inspect; a process that
+// holds duplicates of another process's fds; strace fault injection; epoll
+// registrations read from /proc. Real processes and the real kernel only.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { ROOT, waitFor, within } from './helpers.mjs';
+
+/** Reads lines from a stream and calls `fn` on each complete one. */
+function onLines(stream, fn) {
+  let buffered = '';
+  stream.setEncoding('utf8');
+  stream.on('data', (d) => {
+    buffered += d;
+    let nl;
+    while ((nl = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      fn(line);
+    }
+  });
+}
+
+/** Spawns a tool, rejecting loudly (with how to get it) when it is not installed. */
+function spawnTool(command, args, options, hint) {
+  const child = spawn(command, args, options);
+  child.exited = new Promise((resolve, reject) => {
+    child.once('error', (e) => reject(e.code === 'ENOENT' ? new Error(`${command} is missing: ${hint}`) : e));
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+  });
+  child.exited.catch(() => {});
+  return child;
+}
+
+const alive = (child) => child.exitCode === null && child.signalCode === null;
+
+/** Ends a child: SIGTERM, then SIGKILL if it has not exited within `ms`. */
+export async function reap(child, ms = 5000) {
+  if (!child || !alive(child)) return;
+  child.kill('SIGTERM');
+  try {
+    await within(child.exited, ms);
+  } catch {
+    if (alive(child)) child.kill('SIGKILL');
+    await child.exited.catch(() => {});
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The native engine in a child process
+
+const CHILD_SCRIPT = `
+const fs = require('fs');
+const readline = require('readline');
+const { addon } = require(process.argv[1]);
+const spec = JSON.parse(process.argv[2]);
+const send = (m) => process.stdout.write(JSON.stringify(m) + '\\n');
+const epolls = () => fs.readdirSync('/proc/self/fd').filter((fd) => {
+  try { return fs.readlinkSync('/proc/self/fd/' + fd) === 'anon_inode:[eventpoll]'; } catch { return false; }
+}).map(Number);
+const before = new Set(epolls());
+const listeners = spec.listen.map((ep) => addon.bindListener(ep, spec.backlog ?? 128));
+const options = { listeners, targets: spec.targets, workers: spec.workers ?? 1, logLevel: spec.logLevel ?? 7 };
+for (const k of ['connectTimeoutMs', 'maxConnections', 'pipeSize']) if (spec[k] !== undefined) options[k] = spec[k];
+const engine = new addon.Engine(options);
+engine.start((kind, level, message) => { if (kind === 1) send({ log: { level, message } }); });
+const K = addon.COUNTERS;
+const stats = () => Object.fromEntries(Object.entries(K).filter(([k]) => k !== 'firstWorkerPing').map(([k, i]) => [k, Number(engine.counters[i])]));
+send({ ready: {
+  pid: process.pid,
+  epolls: epolls().filter((fd) => !before.has(fd)),
+  listeners: listeners.map((fd) => ({ fd, address: addon.inspectFd(fd).address, file: fs.readlinkSync('/proc/self/fd/' + fd) })),
+} });
+let seq = 0;
+readline.createInterface({ input: process.stdin }).on('line', (line) => {
+  const { id, cmd } = JSON.parse(line);
+  const reply = (value) => send({ id, value });
+  if (cmd === 'stats') return reply(stats());
+  if (cmd === 'stopAccepting') { const t = Date.now(); engine.stopAccepting(); return reply({ ms: Date.now() - t }); }
+  if (cmd === 'close') { engine.close(); return reply(true); }
+  if (cmd === 'ping') {
+    const s = ++seq;
+    engine.ping(s);
+    const poll = () => {
+      for (let i = K.firstWorkerPing; i < engine.counters.length; i++) if (engine.counters[i] !== BigInt(s)) return setTimeout(poll, 10);
+      reply(true);
+    };
+    return poll();
+  }
+  reply({ error: 'unknown command ' + cmd });
+});
+process.stdin.on('end', () => { engine.close(); process.exit(0); });
+`;
+
+/**
+ * Runs a native Engine in a child node process (same addon: SOCKET_PROXYD_ADDON
+ * is inherited). `spec`: {listen: [NativeEndpoint], targets, workers?, logLevel? (default 7),
+ * connectTimeoutMs?, maxConnections?, pipeSize?, backlog?}.
+ * Resolves {pid, child, epolls (the engine's epoll fds), listeners [{fd, address, file}],
+ * logs [{level, message}], request(cmd), close()}.
+ */
+export async function engineChild(spec) {
+  const native = path.join(ROOT, 'dist', 'native.js');
+  const child = spawnTool(process.execPath, ['-e', CHILD_SCRIPT, native, JSON.stringify(spec)], {
+    env: process.env,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  }, 'node');
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const logs = [];
+  const pending = new Map();
+  let nextId = 0;
+  let ready;
+  const isReady = new Promise((resolve) => (ready = resolve));
+  onLines(child.stdout, (line) => {
+    const m = JSON.parse(line);
+    if (m.log) logs.push(m.log);
+    else if (m.ready) ready(m.ready);
+    else if (pending.has(m.id)) {
+      pending.get(m.id)(m.value);
+      pending.delete(m.id);
+    }
+  });
+  const died = child.exited.then(({ code, signal }) => {
+    throw new Error(`engine child exited (${code ?? signal}): ${stderr}`);
+  });
+  died.catch(() => {});
+  const info = await within(Promise.race([isReady, died]), 20_000, `engine child did not start: ${stderr}`);
+  const request = (cmd, ms = 30_000) => {
+    const id = ++nextId;
+    const answer = new Promise((resolve) => pending.set(id, resolve));
+    child.stdin.write(`${JSON.stringify({ id, cmd })}\n`);
+    return within(Promise.race([answer, died]), ms, `engine child did not answer ${cmd}`);
+  };
+  return {
+    ...info,
+    child,
+    logs,
+    stderr: () => stderr,
+    alive: () => alive(child),
+    request,
+    stats: () => request('stats'),
+    /** Closes the engine and lets the child exit (SIGKILL if it does not). */
+    close: async () => {
+      if (!alive(child)) return;
+      child.stdin.end();
+      try {
+        await within(child.exited, 10_000);
+      } catch {
+        await reap(child, 100);
+      }
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// /proc
+
+/** The registrations of an epoll instance: [{tfd, events, data}] from /proc/PID/fdinfo/FD. */
+export function epollRegistrations(pid, epfd) {
+  const text = fs.readFileSync(`/proc/${pid}/fdinfo/${epfd}`, 'utf8');
+  return text
+    .split('\n')
+    .filter((l) => l.startsWith('tfd:'))
+    .map((l) => {
+      const m = /^tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)/.exec(l);
+      assert.ok(m, `unexpected fdinfo line: ${l}`);
+      return { tfd: Number(m[1]), events: m[2], data: m[3] };
+    });
+}
+
+/** fd number → link text ("socket:[123]", "pipe:[45]", …) for every open fd of `pid`. */
+export function fdLinks(pid) {
+  const out = new Map();
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      out.set(Number(fd), fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return out;
+}
+
+/** The thread id of the thread named `comm` in process `pid`. */
+export function threadId(pid, comm) {
+  const tid = fs.readdirSync(`/proc/${pid}/task`).find((t) => {
+    try {
+      return fs.readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() === comm;
+    } catch {
+      return false;
+    }
+  });
+  assert.ok(tid, `no thread named ${comm} in process ${pid}`);
+  return Number(tid);
+}
+
+/** CPU time (utime + stime, in clock ticks) a process has used so far. */
+export function cpuTicks(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+/** Clock ticks per second (USER_HZ): 100 on every Linux ABI this runs on. */
+export const TICKS_PER_SECOND = 100;
+
+// ---------------------------------------------------------------------------
+// Holding another process's fds: python3 with pidfd_getfd(2)
+
+const HOLDER_SCRIPT = `
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+SYS_pidfd_getfd = 438
+held = []
+print('ready', flush=True)
+for line in sys.stdin:
+    words = line.split()
+    if not words:
+        continue
+    if words[0] == 'dup':
+        pidfd = os.pidfd_open(int(words[1]))
+        failed = []
+        for w in words[2:]:
+            fd = libc.syscall(ctypes.c_long(SYS_pidfd_getfd), ctypes.c_long(pidfd), ctypes.c_long(int(w)), ctypes.c_long(0))
+            if fd < 0:
+                failed.append(w + '=' + os.strerror(ctypes.get_errno()))
+            else:
+                held.append(fd)
+        os.close(pidfd)
+        print('ok', len(held), *failed, flush=True)
+    elif words[0] == 'release':
+        for fd in held:
+            os.close(fd)
+        held = []
+        print('ok', 0, flush=True)
+`;
+
+/**
+ * A python3 process that duplicates fds of another process into itself
+ * (pidfd_getfd, needs root or ptrace rights) and holds them until released.
+ */
+export async function fdHolder() {
+  const child = spawnTool('python3', ['-c', HOLDER_SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'] }, 'apt-get install -y python3 (3.9+)');
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const lines = [];
+  const waiting = [];
+  onLines(child.stdout, (line) => {
+    if (waiting.length) waiting.shift()(line);
+    else lines.push(line);
+  });
+  const nextLine = () =>
+    within(
+      Promise.race([
+        new Promise((resolve) => (lines.length ? resolve(lines.shift()) : waiting.push(resolve))),
+        child.exited.then((r) => { throw new Error(`fd holder exited (${r.code ?? r.signal}): ${stderr}`); }),
+      ]),
+      10_000,
+      `fd holder did not answer: ${stderr}`,
+    );
+  assert.equal(await nextLine(), 'ready');
+  let count = 0;
+  return {
+    held: () => count,
+    /** Duplicates fds of `pid`; resolves how many are held now. Throws if any could not be taken. */
+    async dup(pid, fds) {
+      child.stdin.write(`dup ${pid} ${fds.join(' ')}\n`);
+      const [ok, n, ...failed] = (await nextLine()).split(' ');
+      assert.equal(ok, 'ok');
+      assert.deepEqual(failed, [], `pidfd_getfd failed for ${failed.join(', ')}`);
+      count = Number(n);
+      return count;
+    },
+    async release() {
+      child.stdin.write('release\n');
+      await nextLine();
+      count = 0;
+    },
+    close: async () => {
+      child.stdin.end();
+      try {
+        await within(child.exited, 5000);
+      } catch {
+        await reap(child, 100);
+      }
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Stopping one thread: ptrace from python3
+
+const FREEZE_SCRIPT = `
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+tid = int(sys.argv[1])
+def ptrace(request, name):
+    if libc.ptrace(request, tid, None, None) != 0:
+        sys.exit(name + ': ' + os.strerror(ctypes.get_errno()))
+ptrace(0x4206, 'PTRACE_SEIZE')
+ptrace(0x4207, 'PTRACE_INTERRUPT')
+os.waitpid(tid, 0x40000000)  # __WALL: the thread has stopped
+print('stopped', flush=True)
+sys.stdin.readline()  # until told (or until the test goes away)
+ptrace(17, 'PTRACE_DETACH')
+print('resumed', flush=True)
+`;
+
+/**
+ * Stops thread `comm` of `pid` with ptrace until resume() is called. Resolves
+ * once the thread is stopped: {resume() (resolves once it runs again), close()}.
+ */
+export async function freezeThread(pid, comm) {
+  const tid = threadId(pid, comm);
+  const child = spawnTool('python3', ['-c', FREEZE_SCRIPT, String(tid)], { stdio: ['pipe', 'pipe', 'pipe'] }, 'apt-get install -y python3');
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const saw = (word) =>
+    Promise.race([
+      waitFor(() => out.includes(word), 15_000, 10),
+      child.exited.then(() => out.includes(word)),
+    ]).then((ok) => assert.ok(ok, `ptrace helper: no "${word}" (${err})`));
+  await saw('stopped');
+  return {
+    tid,
+    async resume() {
+      child.stdin.end();
+      await saw('resumed');
+    },
+    close: async () => {
+      child.stdin.end();
+      await reap(child);
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// strace fault injection
+
+/**
+ * Attaches strace to thread ids `tids` (not following new threads) with the
+ * given -e options; resolves once attached. output() is what strace logged
+ * (one line per traced syscall, "(INJECTED)" marks an injected fault); stop()
+ * detaches.
+ */
+export async function straceAttach(tids, eArgs) {
+  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-strace-')), 'trace');
+  const args = ['-o', out, ...eArgs.flatMap((e) => ['-e', e]), ...tids.flatMap((t) => ['-p', String(t)])];
+  const child = spawnTool('strace', args, { stdio: ['ignore', 'ignore', 'pipe'] }, 'apt-get install -y strace');
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const attached = () => tids.every((t) => stderr.includes(`Process ${t} attached`));
+  const ok = await Promise.race([waitFor(attached, 15_000, 10), child.exited.then(() => false)]);
+  if (!ok) {
+    await reap(child);
+    throw new Error(`strace did not attach: ${stderr}`);
+  }
+  const output = () => {
+    try {
+      return fs.readFileSync(out, 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  return {
+    output,
+    stop: async () => {
+      await reap(child);
+      const text = output();
+      fs.rmSync(path.dirname(out), { recursive: true, force: true });
+      return text;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Upstreams that never answer
+
+/**
+ * A TCP port on 127.0.0.1 that answers nothing: a listener with backlog 0
+ * (never accepted) whose accept queue is full, so further SYNs are dropped
+ * and a connect to it stays in progress until it times out.
+ */
+export async function blackhole() {
+  const { addon } = await import('../dist/native.js');
+  const net = await import('node:net');
+  const fd = addon.bindListener({ host: '127.0.0.1', port: 0 }, 0);
+  const port = Number(addon.inspectFd(fd).address.split(':').pop());
+  const fillers = [];
+  const tryConnect = (ms) =>
+    new Promise((resolve) => {
+      const s = net.connect({ port, host: '127.0.0.1' });
+      s.on('error', () => {});
+      fillers.push(s);
+      const timer = setTimeout(() => resolve(false), ms);
+      s.once('connect', () => { clearTimeout(timer); resolve(true); });
+    });
+  let filled = false;
+  for (let i = 0; i < 8 && !filled; i++) filled = !(await tryConnect(300));
+  assert.ok(filled, `could not fill the accept queue of 127.0.0.1:${port}: cannot test a connect timeout`);
+  let open = true;
+  return {
+    port,
+    endpoint: { host: '127.0.0.1', port },
+    close() {
+      if (!open) return;
+      open = false;
+      for (const s of fillers) s.destroy();
+      addon.closeFd(fd);
+    },
+  };
+}
