@@ -168,3 +168,46 @@ test('bug 1: every closed socket leaves its epoll set, even while another proces
     await upstream.close();
   }
 });
+
+// ---------------------------------------------------------------------------
+// Bug 4: stopAccepting() with a stuck worker
+
+test('bug 4: stopAccepting() with a stuck worker keeps the listener open until that worker lets go, then closes it quietly', { timeout: 60_000 }, async () => {
+  const upstream = await taggingEcho();
+  const proxy = await engineChild({ listen: [LOOPBACK], targets: [upstream.endpoint], workers: 2, logLevel: 7 });
+  let frozen = null;
+  try {
+    const { fd, file, address } = proxy.listeners[0];
+    const port = portOf(address);
+    const listenerOpen = () => [...fdLinks(proxy.pid).values()].includes(file);
+    (await servedClient(port, 'before')).destroy();
+    assert.ok(listenerOpen());
+
+    frozen = await freezeThread(proxy.pid, 'proxyd-wrk1');
+    const { ms } = await proxy.request('stopAccepting', 60_000);
+    // The wait for the stuck worker is bounded (5 s): stopAccepting returned.
+    assert.ok(ms >= 4000 && ms < 30_000, `stopAccepting returned after ${ms} ms (bounded wait: 5 s)`);
+    // The stuck worker may still touch the listener: it must still be open, and
+    // its fd number not handed to anything else.
+    assert.ok(listenerOpen(), `the listening socket (fd ${fd}, ${file}) was closed while a worker that uses it is stuck`);
+    assert.equal(fdLinks(proxy.pid).get(fd), file, `fd ${fd} is no longer the listener`);
+
+    await frozen.resume();
+    // The worker runs again: it answers a ping, and the listener is gone.
+    await proxy.request('ping', 20_000);
+    assert.ok(await waitFor(() => !listenerOpen(), 10_000), `the listener (${file}) stays open after the stuck worker resumed`);
+    const refused = await new Promise((resolve) => {
+      const s = net.connect({ port, host: '127.0.0.1' });
+      s.once('connect', () => { s.destroy(); resolve(null); });
+      s.once('error', (e) => resolve(e.code));
+    });
+    assert.equal(refused, 'ECONNREFUSED', 'the port is free once the listener is closed');
+    const errors = proxy.logs.filter((l) => l.level <= 4);
+    assert.deepEqual(errors, [], 'no error or warning when the stuck worker lets go of the listener');
+    assert.ok(proxy.alive(), proxy.stderr());
+  } finally {
+    await frozen?.close();
+    await proxy.close();
+    await upstream.close();
+  }
+});
