@@ -211,3 +211,65 @@ test('bug 4: stopAccepting() with a stuck worker keeps the listener open until t
     await upstream.close();
   }
 });
+
+// ---------------------------------------------------------------------------
+// Bug 5: a failed epoll_ctl(ADD) when accepting resumes after an EMFILE pause
+
+/** Asserts the process uses well under one core over `seconds` (not spinning). */
+async function assertNotSpinning(pid, seconds = 3) {
+  const before = cpuTicks(pid);
+  const t0 = Date.now();
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const share = (cpuTicks(pid) - before) / TICKS_PER_SECOND / ((Date.now() - t0) / 1000);
+  assert.ok(share < 0.3, `the idle proxy used ${(share * 100).toFixed(0)}% of a core (spinning)`);
+}
+
+for (const listeners of [1, 2]) {
+  test(`bug 5: accepting resumes when re-adding a listener (${listeners} listening) to epoll fails once after an EMFILE pause`, { timeout: 60_000 }, async () => {
+    const upstream = await taggingEcho();
+    const proxy = await engineChild({ listen: Array(listeners).fill(LOOPBACK), targets: [upstream.endpoint], workers: 1 });
+    let strace = null;
+    const clients = [];
+    try {
+      const ports = proxy.listeners.map((l) => portOf(l.address));
+      (await servedClient(ports[0], 'warm')).destroy();
+      // The worker's next accept4 fails with EMFILE: it drops its listeners
+      // (one epoll_ctl DEL each) and re-adds them 100 ms later; the last of
+      // those ADDs fails with ENOSPC (max_user_watches), once.
+      const failingAdd = 2 * listeners;
+      strace = await straceAttach([threadId(proxy.pid, 'proxyd-wrk0')], [
+        'trace=accept4,epoll_ctl',
+        'inject=accept4:error=EMFILE:when=1',
+        `inject=epoll_ctl:error=ENOSPC:when=${failingAdd}`,
+      ]);
+      // One client per listener, each waiting for its echo.
+      for (const [i, port] of ports.entries()) {
+        const c = await connectTo(`127.0.0.1:${port}`);
+        c.on('error', () => {});
+        clients.push(c);
+        if (i === 0) {
+          // Its accept4 is the one that fails: wait for the injected ENOSPC before the rest.
+          assert.ok(await waitFor(() => /epoll_ctl\(.*ENOSPC.*\(INJECTED\)/.test(strace.output()), 10_000),
+            `the fault was not injected:\n${strace.output()}`);
+        }
+      }
+      const trace = strace.output();
+      assert.match(trace, /accept4\(.*EMFILE.*\(INJECTED\)/);
+      assert.match(trace, new RegExp(`epoll_ctl\\(\\d+, EPOLL_CTL_ADD.*ENOSPC.*\\(INJECTED\\)`), trace);
+      // Every client is served, on every listener.
+      await Promise.all(clients.map(async (c, i) => assert.equal(await exchange(c, `hello ${i}`, 15_000), `hello ${i}`)));
+      await strace.stop();
+      strace = null;
+      for (const [i, port] of ports.entries()) (await servedClient(port, `after ${i}`)).destroy();
+      // And the worker does not spin.
+      for (const c of clients) c.destroy();
+      assert.ok(await waitFor(async () => (await proxy.stats()).active === 0, 10_000));
+      await assertNotSpinning(proxy.pid);
+    } finally {
+      for (const c of clients) c.destroy();
+      await strace?.stop();
+      await proxy.close();
+      await upstream.close();
+    }
+  });
+}
