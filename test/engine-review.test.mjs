@@ -273,3 +273,138 @@ for (const listeners of [1, 2]) {
     }
   });
 }
+
+// ---------------------------------------------------------------------------
+// Bug 8: a connection ended by a reset or an error is reset on the other side
+
+/** Starts a SocketProxy on a port-0 loopback listener; closes it after `fn`. */
+async function withProxy(options, fn) {
+  const proxy = new SocketProxy({ listen: ['127.0.0.1:0'], workers: 2, ...options });
+  await proxy.start();
+  try {
+    return await fn(proxy, proxy.listening[0]);
+  } finally {
+    proxy.close();
+  }
+}
+
+test('bug 8: an upstream that sends 4 MB and resets: the client gets ECONNRESET, not a clean end, and no wrong byte', { timeout: 30_000 }, async () => {
+  const payload = pattern(4 * MiB, 81);
+  const upstream = await startServerWith({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => {});
+    s.write(payload, () => s.resetAndDestroy()); // handed to the kernel, then RST
+  });
+  try {
+    await withProxy({ target: upstream.target }, async (proxy, at) => {
+      const client = await connectTo(at);
+      const end = await within(closed(client), 20_000, 'the client was not closed');
+      assert.equal(end.error, 'ECONNRESET', `the client saw ${end.ended ? 'a clean end' : `error ${end.error}`} after ${end.data.length} bytes`);
+      assert.equal(end.ended, false, 'no clean end of stream');
+      assert.ok(end.data.equals(payload.subarray(0, end.data.length)), 'what arrived is the start of what was sent');
+      assert.ok(await waitFor(() => proxy.stats.active === 0, 10_000));
+    });
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('bug 8: a client that resets: the upstream gets ECONNRESET, not a clean end', { timeout: 30_000 }, async () => {
+  let upstreamEnd;
+  let received = 0;
+  const upstream = await startServerWith({ allowHalfOpen: true }, (s) => {
+    upstreamEnd = closed(s);
+    s.on('data', (d) => (received += d.length));
+    s.on('end', () => s.end()); // a clean end closes it too (old behaviour), so the test can tell
+  });
+  try {
+    await withProxy({ target: upstream.target }, async (proxy, at) => {
+      const client = await connectTo(at);
+      client.on('error', () => {});
+      client.write(pattern(64 * KiB, 82));
+      assert.ok(await waitFor(() => received === 64 * KiB, 10_000), `upstream got ${received} of ${64 * KiB} bytes`);
+      client.resetAndDestroy();
+      const end = await within(upstreamEnd, 10_000, 'the upstream connection was not closed');
+      assert.equal(end.error, 'ECONNRESET', `the upstream saw ${end.ended ? 'a clean end' : `error ${end.error}`}`);
+      assert.equal(end.ended, false);
+      assert.equal(end.data.length, 64 * KiB);
+      assert.ok(await waitFor(() => proxy.stats.active === 0, 10_000));
+    });
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('bug 8: close() with connections open resets both sides (a cut connection must not look complete)', { timeout: 30_000 }, async () => {
+  const upstream = await taggingEcho();
+  try {
+    const proxy = new SocketProxy({ target: upstream.target, listen: ['127.0.0.1:0'], workers: 2 });
+    await proxy.start();
+    let clients = [];
+    try {
+      for (let i = 0; i < 3; i++) {
+        const c = await connectTo(proxy.listening[0]);
+        c.result = closed(c);
+        c.on('error', () => {});
+        assert.equal(await exchange(c, `open ${i}`), `open ${i}`);
+        clients.push(c);
+      }
+      assert.ok(await waitFor(() => upstream.sockets.filter((s) => s.tag).length === 3, 5000));
+      const upstreamEnds = upstream.sockets.map(closed);
+      proxy.close();
+      const clientResults = await within(Promise.all(clients.map((c) => c.result)), 10_000, 'clients not closed by close()');
+      const upstreamResults = await within(Promise.all(upstreamEnds), 10_000, 'upstream connections not closed by close()');
+      for (const [side, results] of [['client', clientResults], ['upstream', upstreamResults]]) {
+        for (const r of results) {
+          assert.equal(r.error, 'ECONNRESET', `a ${side} saw ${r.ended ? 'a clean end' : `error ${r.error}`}`);
+          assert.equal(r.ended, false);
+        }
+      }
+    } finally {
+      proxy.close();
+      for (const c of clients) c.destroy();
+      clients = [];
+    }
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('bug 8: the CLI cuts connections still open when --drain-timeout expires with a reset on both sides', { timeout: 30_000 }, async () => {
+  const upstream = await taggingEcho();
+  const port = await freePort();
+  const child = spawn(process.execPath, [CLI, `--listen=127.0.0.1:${port}`, '--drain-timeout=500ms', '--workers=1', upstream.target], {
+    env: process.env,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  child.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  try {
+    await waitForPort(port);
+    const c = await connectTo(`127.0.0.1:${port}`);
+    c.on('error', () => {});
+    const clientEnd = closed(c);
+    assert.equal(await exchange(c, 'draining'), 'draining');
+    const up = await waitFor(() => upstream.sockets.find((s) => s.tag === 'draining'), 5000);
+    assert.ok(up);
+    const upstreamEnd = closed(up);
+    child.kill('SIGTERM');
+    assert.deepEqual(await within(child.exited, 15_000, `the CLI did not exit: ${stderr}`), { code: 0, signal: null }, stderr);
+    const [cr, ur] = await within(Promise.all([clientEnd, upstreamEnd]), 10_000, 'connections not closed at exit');
+    assert.equal(cr.error, 'ECONNRESET', `the client saw ${cr.ended ? 'a clean end' : `error ${cr.error}`}`);
+    assert.equal(ur.error, 'ECONNRESET', `the upstream saw ${ur.ended ? 'a clean end' : `error ${ur.error}`}`);
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await child.exited;
+    await upstream.close();
+  }
+});
+
+test('bug 8 (unchanged): a refused upstream still closes the client with a clean end, as the reference does', { timeout: 30_000 }, async () => {
+  const port = await freePort();
+  await withProxy({ target: `127.0.0.1:${port}` }, async (proxy, at) => {
+    const end = await within(closed(await connectTo(at)), 10_000, 'client not closed');
+    assert.deepEqual(end, { data: Buffer.alloc(0), ended: true, error: null });
+    assert.equal(proxy.stats.upstreamFailed, 1);
+  });
+});
