@@ -40,6 +40,7 @@ import {
   fdHolder,
   fdLinks,
   freezeThread,
+  holdingEchoServer,
   reap,
   straceAttach,
   threadId,
@@ -407,4 +408,107 @@ test('bug 8 (unchanged): a refused upstream still closes the client with a clean
     assert.deepEqual(end, { data: Buffer.alloc(0), ended: true, error: null });
     assert.equal(proxy.stats.upstreamFailed, 1);
   });
+});
+
+// ---------------------------------------------------------------------------
+// Bug 9: the pipe pool gives fds back
+
+/**
+ * `n` clients of `at` each send `size + i` pattern bytes and half-close;
+ * returns {connected (resolves when all are connected), done (resolves the
+ * byte total once every echo came back whole)}.
+ */
+function bulkEchoStreams(at, n, size) {
+  const chunk = pattern(256 * KiB, 91);
+  const connections = Array.from({ length: n }, async (_, i) => {
+    const socket = await connectTo(at);
+    socket.on('error', () => {});
+    return { socket, i };
+  });
+  const done = Promise.all(
+    connections.map(async (connecting) => {
+      const { socket, i } = await connecting;
+      const got = collect(socket);
+      const sent = createHash('sha256');
+      const total = size + i;
+      await sendRepeated(socket, chunk, total, sent);
+      const r = await got;
+      socket.destroy();
+      return r.bytes === total && r.sha256 === sent.digest('hex') ? total : -1;
+    }),
+  ).then((results) => {
+    assert.equal(results.filter((r) => r < 0).length, 0, 'every stream came back whole');
+    return results.reduce((a, b) => a + b, 0);
+  });
+  done.catch(() => {});
+  return { connected: Promise.all(connections), done };
+}
+
+test('bug 9: after a burst of 100 bulk streams the spare pipes shrink back to 2 per worker and the fds return to their count before', { timeout: 90_000 }, async () => {
+  addon.raiseFdLimit();
+  const N = 100;
+  const WORKERS = 2;
+  const upstream = await holdingEchoServer();
+  try {
+    await withProxy({ target: upstream.target, workers: WORKERS, maxConnections: 1000 }, async (proxy, at) => {
+      await fdCount();
+      const before = await fdCount();
+      let maxPooled = 0;
+      const sample = () => (maxPooled = Math.max(maxPooled, proxy.stats.pipesPooled));
+      const sampler = setInterval(sample, 2);
+      let total;
+      try {
+        // Every stream holds a pipe with bytes at once (the upstream reads nothing yet)...
+        const burst = bulkEchoStreams(at, N, 3 * MiB);
+        await within(burst.connected, 20_000, 'clients did not connect');
+        assert.ok(await waitFor(() => proxy.stats.pipesInUse >= N, 30_000), `pipes in use: ${proxy.stats.pipesInUse} (want ${N})`);
+        // ...then all of them flow, and end.
+        await upstream.go();
+        total = await within(burst.done, 60_000, 'the burst did not finish');
+      } finally {
+        clearInterval(sampler);
+      }
+      sample();
+      assert.ok(await waitFor(() => proxy.stats.active === 0, 10_000));
+      assert.equal(proxy.stats.bytesToUpstream, total);
+      assert.equal(proxy.stats.bytesToClient, total);
+      assert.ok(maxPooled <= 64 * WORKERS, `spare pipes peaked at ${maxPooled} (cap: 64 per worker)`);
+      // At rest the pool gives its spares back (after a second or two unused).
+      const shrunk = await waitFor(async () => proxy.stats.pipesPooled <= 2 * WORKERS && (await fdCount()) === before, 15_000, 100);
+      assert.ok(shrunk, `15 s after the burst: ${proxy.stats.pipesPooled} spare pipes (peak ${maxPooled}), ` +
+        `${await fdCount()} fds (${before} before the burst)`);
+      assert.equal(proxy.stats.pipesInUse, 0);
+    });
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('the spare-pipe cap: 100 connections of one worker each holding a pipe leave no more than 64 spares', { timeout: 90_000 }, async () => {
+  addon.raiseFdLimit();
+  const N = 100;
+  const upstream = await holdingEchoServer();
+  try {
+    await withProxy({ target: upstream.target, workers: 1, maxConnections: 1000 }, async (proxy, at) => {
+      let maxPooled = 0;
+      const sample = () => (maxPooled = Math.max(maxPooled, proxy.stats.pipesPooled));
+      const sampler = setInterval(sample, 1);
+      try {
+        const burst = bulkEchoStreams(at, N, MiB);
+        await within(burst.connected, 20_000, 'clients did not connect');
+        assert.ok(await waitFor(() => proxy.stats.pipesInUse >= N, 30_000), `pipes in use: ${proxy.stats.pipesInUse} (want ${N})`);
+        await upstream.go();
+        const total = await within(burst.done, 60_000, 'the streams did not finish');
+        assert.ok(await waitFor(() => proxy.stats.active === 0, 10_000));
+        assert.equal(proxy.stats.bytesToClient, total);
+      } finally {
+        clearInterval(sampler);
+      }
+      sample();
+      assert.ok(maxPooled <= 64, `one worker kept ${maxPooled} spare pipes (cap: 64)`);
+      assert.equal(proxy.stats.pipesInUse, 0);
+    });
+  } finally {
+    await upstream.close();
+  }
 });

@@ -419,3 +419,84 @@ export async function blackhole() {
     },
   };
 }
+
+// ---------------------------------------------------------------------------
+// An upstream that holds bytes back
+
+const HOLDING_ECHO_SCRIPT = `
+import socket, sys, threading
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(sys.argv[1])
+srv.listen(4096)
+print('listening', flush=True)
+go = threading.Event()
+lock = threading.Lock()
+count = 0
+def echo(c):
+    go.wait()
+    try:
+        while True:
+            d = c.recv(262144)
+            if not d:
+                break
+            c.sendall(d)
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(65536):
+            pass
+    except OSError:
+        pass
+    c.close()
+def accept():
+    global count
+    while True:
+        c, _ = srv.accept()
+        with lock:
+            count += 1
+            n = count
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+        print('accepted', n, flush=True)
+threading.Thread(target=accept, daemon=True).start()
+for line in sys.stdin:
+    if line.strip() == 'go':
+        go.set()
+        print('going', flush=True)
+`;
+
+/**
+ * An echo upstream (python3, on a UNIX socket path) that reads nothing until
+ * go(). A UNIX stream socket buffers only its sender's SO_SNDBUF (about
+ * 200 KiB, no autotuning), so a connection sending a few hundred KiB more
+ * than that keeps bytes in the proxy (in a pipe) until then. Each connection
+ * echoes what it reads and half-closes at its end.
+ */
+export async function holdingEchoServer() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-hold-'));
+  const sock = path.join(dir, 'upstream.sock');
+  const child = spawnTool('python3', ['-c', HOLDING_ECHO_SCRIPT, sock], { stdio: ['pipe', 'pipe', 'pipe'] }, 'apt-get install -y python3');
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  let listening = false;
+  let accepted = 0;
+  let going = false;
+  onLines(child.stdout, (line) => {
+    const [word, n] = line.split(' ');
+    if (word === 'listening') listening = true;
+    if (word === 'accepted') accepted = Number(n);
+    if (word === 'going') going = true;
+  });
+  const up = await Promise.race([waitFor(() => listening, 10_000, 10), child.exited.then(() => false)]);
+  assert.ok(up, `holding echo server did not start: ${stderr}`);
+  return {
+    target: sock,
+    accepted: () => accepted,
+    async go() {
+      child.stdin.write('go\n');
+      assert.ok(await waitFor(() => going, 10_000, 10), `holding echo server did not go: ${stderr}`);
+    },
+    close: async () => {
+      child.stdin.end();
+      await reap(child, 2000);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
