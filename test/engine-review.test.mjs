@@ -565,3 +565,172 @@ test('bug 9: under ulimit -n 600, after a burst of 100 bulk streams that each he
     await upstream.close();
   }
 });
+
+// ---------------------------------------------------------------------------
+// Untested until now: invalid Engine options, which read path ran, a
+// connection waiting for a pipe mid-transfer
+
+test('the native Engine rejects invalid options with a .code and leaves no fd or thread behind', { timeout: 30_000 }, async () => {
+  const VALUE = 'ERR_INVALID_ARG_VALUE';
+  const TYPE = 'ERR_INVALID_ARG_TYPE';
+  const cases = [
+    [{ workers: 0 }, VALUE],
+    [{ workers: 257 }, VALUE],
+    [{ maxConnections: -1 }, VALUE],
+    [{ maxConnections: 1.5 }, VALUE],
+    [{ pipeSize: 100 }, VALUE],
+    [{ logLevel: 9 }, VALUE],
+    [{ connectTimeoutMs: 0 }, VALUE],
+    [{ targets: [{ host: '256.0.0.1', port: 80 }] }, VALUE],
+    [{ targets: [{ host: '127.0.0.1', port: 65536 }] }, VALUE],
+    [{ targets: [{ path: '' }] }, VALUE],
+    [{ workers: '2' }, TYPE],
+    [{ logLevel: null }, TYPE],
+    [{ listeners: 3 }, TYPE],
+    [{ listeners: 'fd 3' }, TYPE],
+    [{ targets: 'localhost:80' }, TYPE],
+    [{ targets: [42] }, TYPE],
+  ];
+  // Warm up what the measurement itself uses.
+  fdLinks(process.pid);
+  await taskCount();
+  let listener = addon.bindListener(LOOPBACK, 16);
+  try {
+    for (const [override, code] of cases) {
+      const fdsBefore = fdLinks(process.pid);
+      fdsBefore.delete(listener);
+      const tasksBefore = await taskCount();
+      const options = { listeners: [listener], targets: [{ host: '127.0.0.1', port: 9 }], workers: 1, ...override };
+      const label = JSON.stringify(override);
+      let engine;
+      assert.throws(() => (engine = new addon.Engine(options)), (e) => {
+        assert.equal(e.code, code, `${label}: ${e.message}`);
+        return true;
+      }, `${label} was accepted`);
+      engine?.close();
+      // Whether or not a rejected engine closed the listener, nothing else stays open.
+      const fdsAfter = fdLinks(process.pid);
+      fdsAfter.delete(listener);
+      assert.deepEqual(fdsAfter, fdsBefore, `${label}: fds left behind`);
+      assert.equal(await taskCount(), tasksBefore, `${label}: threads left behind`);
+      try {
+        addon.inspectFd(listener);
+      } catch {
+        listener = addon.bindListener(LOOPBACK, 16);
+      }
+    }
+    // The same options, valid: the engine runs and serves.
+    const upstream = await taggingEcho();
+    try {
+      const engine = new addon.Engine({ listeners: [listener], targets: [upstream.endpoint], workers: 1, maxConnections: 1, pipeSize: 4096, logLevel: 3, connectTimeoutMs: 1000 });
+      const at = addon.inspectFd(listener).address;
+      listener = -1; // the engine owns it now
+      engine.start(() => {});
+      try {
+        (await servedClient(portOf(at), 'valid')).destroy();
+      } finally {
+        engine.close();
+      }
+    } finally {
+      await upstream.close();
+    }
+  } finally {
+    if (listener >= 0) addon.closeFd(listener);
+  }
+});
+
+test('which read path ran: request/response messages are copied, a 32 MiB transfer is spliced', { timeout: 60_000 }, async () => {
+  const upstream = await taggingEcho();
+  try {
+    await withProxy({ target: upstream.target }, async (proxy, at) => {
+      const client = await connectTo(at);
+      let bytes = 0;
+      for (let i = 0; i < 20; i++) {
+        const text = `request ${i} `.padEnd(200, '.');
+        assert.equal(await exchange(client, text), text);
+        bytes += text.length;
+      }
+      const stats = proxy.stats;
+      assert.equal(stats.bytesToUpstream, bytes);
+      assert.equal(stats.bytesToClient, bytes);
+      assert.ok(stats.copyReads >= 40, `copy reads: ${stats.copyReads} (one per message and direction at least)`);
+      assert.equal(stats.spliceReads, 0, 'small messages never go through splice');
+      client.destroy();
+    });
+    await withProxy({ target: upstream.target }, async (proxy, at) => {
+      const client = await connectTo(at);
+      const got = collect(client);
+      const sent = createHash('sha256');
+      await sendRepeated(client, pattern(MiB, 7), 32 * MiB, sent);
+      const r = await within(got, 30_000, 'the 32 MiB echo did not end');
+      assert.equal(r.bytes, 32 * MiB);
+      assert.equal(r.sha256, sent.digest('hex'));
+      assert.ok(await waitFor(() => proxy.stats.active === 0, 10_000));
+      const stats = proxy.stats;
+      assert.equal(stats.bytesToUpstream, 32 * MiB);
+      assert.equal(stats.bytesToClient, 32 * MiB);
+      assert.ok(stats.spliceReads > 0, `splice reads: ${stats.spliceReads}`);
+    });
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('a connection waiting for a pipe mid-transfer (pipe2 fails with EMFILE 20 times) finishes later with every byte intact', { timeout: 60_000 }, async () => {
+  const dir = fs.mkdtempSync('/tmp/socket-proxyd-pipewait-');
+  const sockets = [];
+  const STALLED = 3;
+  // The first upstream connection echoes; the next ones read nothing until resumed.
+  const upstream = await startServerWith({ allowHalfOpen: true }, (s) => {
+    sockets.push(s);
+    s.on('error', () => {});
+    if (sockets.length === 1) s.pipe(s);
+    else s.pause();
+  }, `${dir}/upstream.sock`);
+  const proxy = await engineChild({ listen: [LOOPBACK], targets: [{ path: upstream.target }], workers: 1 });
+  let strace = null;
+  const clients = [];
+  try {
+    const port = portOf(proxy.listeners[0].address);
+    const main = await connectTo(`127.0.0.1:${port}`);
+    clients.push(main);
+    assert.equal(await exchange(main, 'first part'), 'first part');
+    // Stalled connections take every spare pipe (each keeps one with bytes in it).
+    const stalledHashes = [];
+    for (let i = 0; i < STALLED; i++) {
+      const c = await connectTo(`127.0.0.1:${port}`);
+      c.on('error', () => {});
+      clients.push(c);
+      const chunk = pattern(MiB, 100 + i);
+      stalledHashes.push(sha256(chunk));
+      c.end(chunk);
+    }
+    assert.ok(await waitFor(async () => { const s = await proxy.stats(); return s.pipesPooled === 0 && s.pipesInUse === STALLED; }, 15_000),
+      `spare pipes not all taken: ${JSON.stringify(await proxy.stats())}`);
+
+    // Now every new pipe fails, 20 times: the main connection must wait, then go on.
+    strace = await straceAttach([threadId(proxy.pid, 'proxyd-wrk0')], ['trace=pipe2', 'inject=pipe2:error=EMFILE:when=1..20']);
+    const got = collect(main);
+    const sent = createHash('sha256');
+    await sendRepeated(main, pattern(256 * KiB, 8), 8 * MiB + 5, sent);
+    const r = await within(got, 30_000, `the main connection did not finish:\n${strace.output()}`);
+    assert.equal(r.bytes, 8 * MiB + 5);
+    assert.equal(r.sha256, sent.digest('hex'));
+    const trace = await strace.stop();
+    strace = null;
+    assert.equal(trace.split('\n').filter((l) => /pipe2\(.*EMFILE.*\(INJECTED\)/.test(l)).length, 20, `the connection did not wait for a pipe:\n${trace}`);
+
+    // The stalled ones deliver every byte too.
+    const results = await within(Promise.all(sockets.slice(1).map((s) => { const g = collect(s); s.resume(); return g; })), 20_000, 'stalled connections did not finish');
+    assert.deepEqual(results.map((x) => x.bytes), Array(STALLED).fill(MiB));
+    assert.deepEqual(results.map((x) => x.sha256).sort(), [...stalledHashes].sort());
+    const stats = await proxy.stats();
+    assert.equal(stats.bytesToUpstream, 'first part'.length + 8 * MiB + 5 + STALLED * MiB);
+  } finally {
+    await strace?.stop();
+    for (const c of clients) c.destroy();
+    await proxy.close();
+    await upstream.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
