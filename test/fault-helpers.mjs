@@ -424,42 +424,82 @@ export async function blackhole() {
 // An upstream that holds bytes back
 
 const HOLDING_ECHO_SCRIPT = `
-import socket, sys, threading
+import faulthandler, os, selectors, signal, socket, sys
+faulthandler.register(signal.SIGUSR1)  # a stack dump on stderr, for a test that finds it stuck
 srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 srv.bind(sys.argv[1])
 srv.listen(4096)
+srv.setblocking(False)
+sel = selectors.DefaultSelector()
+sel.register(srv, selectors.EVENT_READ, 'accept')
+sel.register(0, selectors.EVENT_READ, 'stdin')
+conns = {}  # socket -> [bytes to echo (bytearray), saw its end]
+going = False
+accepted = 0
 print('listening', flush=True)
-go = threading.Event()
-lock = threading.Lock()
-count = 0
-def echo(c):
-    go.wait()
+def arm(c):
+    out, eof = conns[c]
+    if eof and not out:
+        c.shutdown(socket.SHUT_WR)  # everything echoed, and read to its end: a clean close
+        sel.unregister(c)
+        c.close()
+        del conns[c]
+        return
+    ev = 0
+    if going and not eof and len(out) < (1 << 20):
+        ev |= selectors.EVENT_READ
+    if out:
+        ev |= selectors.EVENT_WRITE
     try:
-        while True:
-            d = c.recv(262144)
+        if ev:
+            sel.modify(c, ev) if sel.get_map().get(c) else sel.register(c, ev)
+        elif sel.get_map().get(c):
+            sel.unregister(c)
+    except KeyError:
+        sel.register(c, ev)
+while True:
+    for key, mask in sel.select():
+        if key.data == 'accept':
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except BlockingIOError:
+                    break
+                c.setblocking(False)
+                conns[c] = [bytearray(), False]
+                accepted += 1
+                arm(c)
+                print('accepted', accepted, flush=True)
+        elif key.data == 'stdin':
+            d = os.read(0, 4096)
             if not d:
-                break
-            c.sendall(d)
-        c.shutdown(socket.SHUT_WR)
-        while c.recv(65536):
-            pass
-    except OSError:
-        pass
-    c.close()
-def accept():
-    global count
-    while True:
-        c, _ = srv.accept()
-        with lock:
-            count += 1
-            n = count
-        threading.Thread(target=echo, args=(c,), daemon=True).start()
-        print('accepted', n, flush=True)
-threading.Thread(target=accept, daemon=True).start()
-for line in sys.stdin:
-    if line.strip() == 'go':
-        go.set()
-        print('going', flush=True)
+                sys.exit(0)
+            if b'go' in d and not going:
+                going = True
+                for c in list(conns):
+                    arm(c)
+                print('going', flush=True)
+        else:
+            c = key.fileobj
+            st = conns[c]
+            try:
+                if mask & selectors.EVENT_READ:
+                    d = c.recv(262144)
+                    if d:
+                        st[0] += d
+                    else:
+                        st[1] = True
+                if mask & selectors.EVENT_WRITE and st[0]:
+                    n = c.send(st[0])
+                    del st[0][:n]
+            except BlockingIOError:
+                pass
+            except OSError:
+                sel.unregister(c)
+                c.close()
+                del conns[c]
+                continue
+            arm(c)
 `;
 
 /**
@@ -491,7 +531,11 @@ export async function holdingEchoServer() {
     accepted: () => accepted,
     async go() {
       child.stdin.write('go\n');
-      assert.ok(await waitFor(() => going, 10_000, 10), `holding echo server did not go: ${stderr}`);
+      if (!(await waitFor(() => going, 10_000, 10))) {
+        child.kill('SIGUSR1');
+        await waitFor(() => stderr.includes('File'), 2000, 10);
+        assert.fail(`holding echo server did not go (${accepted} accepted): ${stderr}`);
+      }
     },
     close: async () => {
       child.stdin.end();
