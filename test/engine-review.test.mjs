@@ -42,6 +42,7 @@ import {
   freezeThread,
   holdingEchoServer,
   reap,
+  resetAwareClient,
   straceAttach,
   threadId,
 } from './fault-helpers.mjs';
@@ -294,15 +295,16 @@ test('bug 8: an upstream that sends 4 MB and resets: the client gets ECONNRESET,
   const payload = pattern(4 * MiB, 81);
   const upstream = await startServerWith({ allowHalfOpen: true }, (s) => {
     s.on('error', () => {});
-    s.write(payload, () => s.resetAndDestroy()); // handed to the kernel, then RST
+    // Once the client is surely connected (it spoke first): 4 MB, handed to the kernel, then RST.
+    s.once('data', () => s.write(payload, () => s.resetAndDestroy()));
   });
   try {
     await withProxy({ target: upstream.target }, async (proxy, at) => {
-      const client = await connectTo(at);
-      const end = await within(closed(client), 20_000, 'the client was not closed');
-      assert.equal(end.error, 'ECONNRESET', `the client saw ${end.ended ? 'a clean end' : `error ${end.error}`} after ${end.data.length} bytes`);
-      assert.equal(end.ended, false, 'no clean end of stream');
-      assert.ok(end.data.equals(payload.subarray(0, end.data.length)), 'what arrived is the start of what was sent');
+      // A python client: Node reports a reset that arrives while bytes are still
+      // queued as a clean end (libuv), which would hide what this test looks for.
+      const end = await resetAwareClient('127.0.0.1', portOf(at), 'send\n');
+      assert.equal(end.outcome, 'ECONNRESET', `the client saw ${end.outcome} after ${end.bytes} bytes`);
+      assert.equal(end.sha256, sha256(payload.subarray(0, end.bytes)), 'what arrived is the start of what was sent');
       assert.ok(await waitFor(() => proxy.stats.active === 0, 10_000));
     });
   } finally {

@@ -544,3 +544,42 @@ export async function holdingEchoServer() {
     },
   };
 }
+
+// ---------------------------------------------------------------------------
+// A client that tells a reset from an end
+
+const READER_SCRIPT = `
+import errno, hashlib, json, socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+c.sendall(sys.argv[3].encode())
+h = hashlib.sha256()
+n = 0
+outcome = 'EOF'
+try:
+    while True:
+        d = c.recv(262144)
+        if not d:
+            break
+        n += len(d)
+        h.update(d)
+except OSError as e:
+    outcome = errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps({'outcome': outcome, 'bytes': n, 'sha256': h.hexdigest()}), flush=True)
+`;
+
+/**
+ * Connects to host:port with python3, sends `text`, reads until the end or an
+ * error. Resolves {outcome: 'EOF' | 'ECONNRESET' | …, bytes, sha256}.
+ * (A Node client cannot tell: libuv reports a reset that arrives while bytes
+ * are still queued as a clean end, uv__stream_io's POLLHUP short cut.)
+ */
+export async function resetAwareClient(host, port, text) {
+  const child = spawnTool('python3', ['-c', READER_SCRIPT, host, String(port), text], { stdio: ['ignore', 'pipe', 'pipe'] }, 'apt-get install -y python3');
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const { code } = await within(child.exited, 30_000, 'the python client did not finish');
+  assert.equal(code, 0, `python client failed: ${err}`);
+  return JSON.parse(out);
+}
