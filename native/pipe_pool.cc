@@ -15,12 +15,20 @@ PipePool::~PipePool() {
 }
 
 std::string PipePool::Init() {
-  for (size_t i = 0; i < kReserve; ++i) {
-    Pipe pipe;
-    if (!Acquire(&pipe)) return "pipe2: " + ErrnoText(errno);
-    Release(&pipe);
+  // Made first, then released: acquiring and releasing one at a time would
+  // hand the same pipe back each time.
+  Pipe reserve[kReserve];
+  std::string error;
+  for (Pipe& pipe : reserve) {
+    if (!Make(&pipe)) {
+      error = "pipe2: " + ErrnoText(errno);
+      break;
+    }
   }
-  return "";
+  for (Pipe& pipe : reserve) {
+    if (pipe.open()) Release(&pipe);  // the destructor closes the spares
+  }
+  return error;
 }
 
 bool PipePool::Acquire(Pipe* p) {
