@@ -5,13 +5,14 @@
 // impatient one); 1 when it cannot start (no or unusable sockets, a listen
 // address that cannot be bound). Command-line errors are cli.ts's (also 1).
 import { ActivationError, checkListenFds, listenFds, socketLabel } from './activation';
-import { Logger, LOG_INFO, parseLogLevel, stderrIsJournal } from './log';
+import { LogLevel, Logger, parseLogLevel, stderrIsJournal } from './log';
 import { addon } from './native';
 import { Notifier, Watchdog, watchdogUsec } from './notify';
+import { MAX_TIMER_MS } from './defaults';
 import { timerMs, type CliOptions } from './options';
 import { SocketProxy } from './proxy';
 import { formatAddress } from './target';
-import { USEC_INFINITY, USEC_PER_MSEC, formatTimespan } from './timespan';
+import { USEC_PER_MSEC, formatTimespan, timespanToMs } from './timespan';
 
 export const EXIT_SUCCESS = 0;
 export const EXIT_FAILURE = 1;
@@ -30,7 +31,7 @@ function longTimeout(ms: number, fn: () => void): () => void {
       fn();
       return;
     }
-    timer = setTimeout(arm, Math.min(left, 2 ** 31 - 1));
+    timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
   };
   if (Number.isFinite(ms)) arm();
   return () => {
@@ -39,7 +40,6 @@ function longTimeout(ms: number, fn: () => void): () => void {
   };
 }
 
-const usecToMs = (usec: bigint): number => (usec === USEC_INFINITY ? Infinity : Number(usec) / Number(USEC_PER_MSEC));
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 
 /** The log level: --log-level, else $SYSTEMD_LOG_LEVEL, else info. */
@@ -51,7 +51,7 @@ function logLevelFrom(options: CliOptions, env: NodeJS.ProcessEnv, complain: str
     if (level !== null) return level;
     complain.push(`Failed to parse log level '${fromEnv}'. Ignoring.`);
   }
-  return LOG_INFO;
+  return LogLevel.info;
 }
 
 /** Runs the proxy until it is told to stop or has been idle long enough; never returns. */
@@ -164,7 +164,7 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
 
   // --exit-idle-time: counted from start and from every return to zero connections.
   let cancelIdle: (() => void) | null = null;
-  const idleMs = usecToMs(options.exitIdleTime);
+  const idleMs = timespanToMs(options.exitIdleTime);
   const armIdle = () => {
     cancelIdle?.();
     cancelIdle = longTimeout(idleMs, () => {
@@ -203,7 +203,7 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
       logger.info(`Received ${signal}; exiting.`);
       exit(EXIT_SUCCESS);
     }
-    const graceMs = usecToMs(options.drainTimeout);
+    const graceMs = timespanToMs(options.drainTimeout);
     logger.info(
       `Received ${signal}; no longer accepting, waiting ${
         Number.isFinite(graceMs) ? `up to ${formatTimespan(options.drainTimeout)}` : 'without limit'

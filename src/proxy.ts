@@ -3,7 +3,11 @@
 // them, turns activity changes into 'busy'/'idle' events and reads the
 // counters straight from native memory.
 import { EventEmitter } from 'node:events';
-import os from 'node:os';
+import {
+  DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_PIPE_SIZE,
+  DEFAULT_RESOLVE_INTERVAL_MS, defaultWorkers,
+} from './defaults';
+import { LogLevel } from './log';
 import { addon, EngineEvent, type NativeEndpoint, type NativeEngine } from './native';
 import { formatAddress, isLiteral, parseAddress, resolveAddress, type Address } from './target';
 
@@ -51,7 +55,7 @@ export interface ProxyStats {
   spliceReads: number;
 }
 
-export const LogLevel = { error: 3, warning: 4, info: 6, debug: 7 } as const;
+export { LogLevel };
 
 const RESOLVE_RETRY_MS = 1000;
 
@@ -98,7 +102,7 @@ export class SocketProxy extends EventEmitter {
         const address = parseAddress(spec, undefined, true);
         const endpoint: NativeEndpoint =
           address.kind === 'unix' ? { path: address.path } : { host: address.host, port: address.port };
-        listeners.push(addon.bindListener(endpoint, o.backlog ?? 4096));
+        listeners.push(addon.bindListener(endpoint, o.backlog ?? DEFAULT_BACKLOG));
       }
     } catch (error) {
       for (const fd of listeners.slice(o.fds?.length ?? 0)) addon.closeFd(fd);
@@ -117,10 +121,10 @@ export class SocketProxy extends EventEmitter {
     const engine = new addon.Engine({
       listeners,
       targets,
-      maxConnections: o.maxConnections ?? 256,
-      workers: o.workers ?? Math.min(4, os.availableParallelism?.() ?? os.cpus().length),
-      connectTimeoutMs: o.connectTimeout ?? 10_000,
-      pipeSize: o.pipeSize ?? 256 * 1024,
+      maxConnections: o.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      workers: o.workers ?? defaultWorkers(),
+      connectTimeoutMs: o.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT_MS,
+      pipeSize: o.pipeSize ?? DEFAULT_PIPE_SIZE,
       logLevel: o.logLevel ?? LogLevel.info,
     });
     this.engine = engine;
@@ -226,7 +230,7 @@ export class SocketProxy extends EventEmitter {
   }
 
   private get resolveInterval(): number {
-    return this.options.resolveInterval ?? 30_000;
+    return this.options.resolveInterval ?? DEFAULT_RESOLVE_INTERVAL_MS;
   }
 
   private onEngineEvent(kind: EngineEvent, level: number, message: string): void {
