@@ -96,6 +96,7 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
   process.on('SIGTERM', onAnySignal);
   process.on('SIGINT', onAnySignal);
 
+  // The addresses travel as options.ts parsed them.
   const proxy = new SocketProxy({
     target: options.target,
     fds: passed.map((s) => s.fd),

@@ -8,20 +8,20 @@ import {
   DEFAULT_WORKERS_CAP, LIMITS, MAX_TIMER_MS,
 } from './defaults';
 import { parseLogLevel } from './log';
-import { parseAddress } from './target';
+import { parseAddress, type Address } from './target';
 import { USEC_INFINITY, USEC_PER_MSEC, formatTimespan, parseTimespan } from './timespan';
 
 export const PROGRAM = 'socket-proxyd';
 
 export interface CliOptions {
-  /** HOST:PORT, [IPv6]:PORT, HOST (port 80), /path or @abstract. */
-  target: string;
+  /** HOST:PORT, [IPv6]:PORT, HOST (port 80), /path or @abstract; parsed. */
+  target: Address;
   /** -c: simultaneous connections (exact). */
   maxConnections: number;
   /** --exit-idle-time, in µs; USEC_INFINITY for never. */
   exitIdleTime: bigint;
-  /** --listen addresses, in order. */
-  listen: string[];
+  /** --listen addresses, in order; parsed. */
+  listen: Address[];
   /** --drain-timeout, in µs; USEC_INFINITY waits for every connection. */
   drainTimeout: bigint;
   /** --log-level (0–7), if given: wins over SYSTEMD_LOG_LEVEL. */
@@ -225,11 +225,10 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
         return null;
       case 'listen':
         try {
-          parseAddress(value, undefined, true);
+          o.listen.push(parseAddress(value, undefined, true));
         } catch (error) {
           throw new UsageError(`Failed to parse --listen= argument: ${(error as Error).message}`);
         }
-        o.listen.push(value);
         return null;
       case 'drain-timeout':
         o.drainTimeout = parseSpan(spec.long, value);
@@ -303,11 +302,12 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
 
   if (positional.length < 1) throw new UsageError('Not enough parameters.');
   if (positional.length > 1) throw new UsageError('Too many parameters.');
-  const target = positional[0];
+  const spec = positional[0];
+  let target: Address;
   try {
-    parseAddress(target, 80);
+    target = parseAddress(spec, 80);
   } catch (error) {
-    throw new UsageError(`Failed to parse target "${target}": ${(error as Error).message}`);
+    throw new UsageError(`Failed to parse target "${spec}": ${(error as Error).message}`);
   }
   return { action: 'run', options: { target, ...o } };
 }

@@ -9,15 +9,18 @@ import {
 } from './defaults';
 import { LogLevel } from './log';
 import { addon, EngineEvent, type NativeEndpoint, type NativeEngine } from './native';
-import { formatAddress, isLiteral, parseAddress, resolveAddress, type Address } from './target';
+import { formatAddress, isLiteral, parseAddress, resolveAddress, toEndpoint, type Address } from './target';
 
 export interface SocketProxyOptions {
-  /** Where clients are forwarded: "HOST:PORT", "[IPv6]:PORT", "/unix/path" or "@abstract". HOST alone means port 80. */
-  target: string;
+  /**
+   * Where clients are forwarded: "HOST:PORT", "[IPv6]:PORT", "/unix/path" or "@abstract" (HOST alone
+   * means port 80), or an Address as parseAddress() returns it.
+   */
+  target: string | Address;
   /** Listening sockets to take over (e.g. inherited from systemd). The proxy owns and closes them. */
   fds?: number[];
   /** Addresses to bind and listen on, same syntax as `target` (a port is required; 0 picks a free one). */
-  listen?: string[];
+  listen?: (string | Address)[];
   /** Simultaneous connections; the next client is closed at once. Default 256. */
   maxConnections?: number;
   /** Forwarding threads. Default: the number of CPUs, at most 4. */
@@ -89,7 +92,7 @@ export class SocketProxy extends EventEmitter {
   constructor(options: SocketProxyOptions) {
     super();
     this.options = options;
-    this.target = parseAddress(options.target, 80);
+    this.target = typeof options.target === 'string' ? parseAddress(options.target, 80) : options.target;
   }
 
   /** Resolves the target, binds `listen` addresses and starts forwarding. */
@@ -99,10 +102,8 @@ export class SocketProxy extends EventEmitter {
     const listeners = [...(o.fds ?? [])];
     try {
       for (const spec of o.listen ?? []) {
-        const address = parseAddress(spec, undefined, true);
-        const endpoint: NativeEndpoint =
-          address.kind === 'unix' ? { path: address.path } : { host: address.host, port: address.port };
-        listeners.push(addon.bindListener(endpoint, o.backlog ?? DEFAULT_BACKLOG));
+        const address = typeof spec === 'string' ? parseAddress(spec, undefined, true) : spec;
+        listeners.push(addon.bindListener(toEndpoint(address), o.backlog ?? DEFAULT_BACKLOG));
       }
     } catch (error) {
       for (const fd of listeners.slice(o.fds?.length ?? 0)) addon.closeFd(fd);
