@@ -8,10 +8,10 @@ import { ActivationError, checkListenFds, listenFds, socketLabel } from './activ
 import { LogLevel, Logger, parseLogLevel, stderrIsJournal } from './log';
 import { addon } from './native';
 import { Notifier, Watchdog, watchdogUsec } from './notify';
-import { MAX_TIMER_MS } from './defaults';
 import { timerMs, type CliOptions } from './options';
 import { SocketProxy } from './proxy';
 import { formatAddress } from './target';
+import { longTimeout } from './timers';
 import { USEC_PER_MSEC, formatTimespan, timespanToMs } from './timespan';
 
 export const EXIT_SUCCESS = 0;
@@ -19,26 +19,6 @@ export const EXIT_FAILURE = 1;
 
 /** How often STATUS= is refreshed (sent only when the text changed). */
 const STATUS_INTERVAL_MS = 1000;
-
-/** A one-shot timer of any length (setTimeout alone tops out at ~24.8 days); never fires for Infinity. */
-function longTimeout(ms: number, fn: () => void): () => void {
-  let timer: NodeJS.Timeout | null = null;
-  const deadline = Date.now() + ms;
-  const arm = () => {
-    const left = deadline - Date.now();
-    if (left <= 0) {
-      timer = null;
-      fn();
-      return;
-    }
-    timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
-  };
-  if (Number.isFinite(ms)) arm();
-  return () => {
-    if (timer) clearTimeout(timer);
-    timer = null;
-  };
-}
 
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 

@@ -9,6 +9,7 @@ import {
 } from './defaults';
 import { LogLevel } from './log';
 import { addon, EngineEvent, type NativeEndpoint, type NativeEngine } from './native';
+import { longTimeout } from './timers';
 import { formatAddress, isLiteral, parseAddress, resolveAddress, toEndpoint, type Address } from './target';
 
 export interface SocketProxyOptions {
@@ -82,7 +83,11 @@ export class SocketProxy extends EventEmitter {
   private readonly options: SocketProxyOptions;
   private engine: NativeEngine | null = null;
   private counters: BigUint64Array | null = null;
-  private busy = false;
+  /** 'busy' and 'idle' events emitted so far (busy while busyCount > idleCount). */
+  private busyCount = 0;
+  private idleCount = 0;
+  /** Called after every look at the activity counters (drain() waits with these). */
+  private readonly activityWatchers = new Set<() => void>();
   private resolveTimer: NodeJS.Timeout | null = null;
   private pingSeq = 0;
   private closed = false;
@@ -190,22 +195,25 @@ export class SocketProxy extends EventEmitter {
   }
 
   /**
-   * Stops accepting, then waits up to `timeoutMs` for open connections to end.
-   * Resolves true if they all ended. Call close() afterwards.
+   * Stops accepting, then waits up to `timeoutMs` (default and Infinity: no
+   * limit) for open connections to end. Resolves true if they all ended,
+   * false if some were still open at the deadline. Call close() afterwards.
    */
-  async drain(timeoutMs: number): Promise<boolean> {
+  async drain(timeoutMs = Infinity): Promise<boolean> {
     this.stopAccepting();
-    if (this.active === 0) return true;
+    if (this.active === 0 || this.closed) return true;
     return new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => {
-        this.off('idle', onIdle);
-        resolve(this.active === 0);
-      }, timeoutMs);
-      const onIdle = () => {
-        clearTimeout(timer);
-        resolve(true);
+      const finish = (ended: boolean) => {
+        this.activityWatchers.delete(check);
+        cancel();
+        resolve(ended);
       };
-      this.once('idle', onIdle);
+      // Every return to zero is followed by an activity event: look at the count then.
+      const check = () => {
+        if (this.active === 0 || this.closed) finish(true);
+      };
+      this.activityWatchers.add(check);
+      const cancel = longTimeout(timeoutMs, () => finish(this.active === 0));
     });
   }
 
@@ -239,17 +247,45 @@ export class SocketProxy extends EventEmitter {
     else this.emit('log', level, message);
   }
 
-  // Activity events only say "look again": the count itself is authoritative,
-  // so events from two workers arriving out of order cannot mislead us.
+  // Activity events only say "look again": the counters are the one source of
+  // truth. busyPeriods counts every time active left 0, so a whole busy period
+  // that opened and closed between two looks is still seen: one 'busy' and one
+  // 'idle' for each period, in order, whatever the timing of the events.
+  // busyPeriods is read before active: a period counted there has ended if
+  // active reads 0 afterwards.
   private checkActivity(): void {
-    const active = this.closed ? 0 : this.active;
-    if (active > 0 && !this.busy) {
-      this.busy = true;
-      this.emit('busy');
-    } else if (active === 0 && this.busy) {
-      this.busy = false;
-      this.emit('idle');
+    if (this.counters) {
+      const periods = Number(this.counters[addon.COUNTERS.busyPeriods]);
+      const active = this.closed ? 0 : Number(this.counters[addon.COUNTERS.active]);
+      const busy = () => this.busyCount > this.idleCount;
+      const emitBusy = () => {
+        this.busyCount++;
+        this.emit('busy');
+      };
+      const emitIdle = () => {
+        this.idleCount++;
+        this.emit('idle');
+      };
+      if (active === 0) {
+        if (busy()) emitIdle();
+        while (this.busyCount < periods) {
+          emitBusy();
+          emitIdle();
+        }
+      } else if (this.busyCount < periods) {
+        // The period we last reported (if any) ended; the newest one is under way.
+        if (busy()) emitIdle();
+        while (this.busyCount < periods - 1) {
+          emitBusy();
+          emitIdle();
+        }
+        emitBusy();
+      }
+      // active > 0 with no new period counted: the worker counts it before it
+      // queues its event, so that event is still to come (or it was a client
+      // refused at a limit of 0, which never made the proxy busy).
     }
+    for (const watcher of [...this.activityWatchers]) watcher();
   }
 
   private scheduleResolve(delay: number): void {
