@@ -10,7 +10,7 @@ import { SocketProxy, parseAddress } from '../dist/index.js';
 import {
   closed, connectTo, echoServer, fdCount, freePort, taskCount, waitFor, within,
 } from './helpers.mjs';
-import { burst, busyPeriods } from './lifecycle-helpers.mjs';
+import { DIST_INDEX, burst, busyPeriods, nodeChild, portIsFree } from './lifecycle-helpers.mjs';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-lifecycle-'));
 process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -160,6 +160,151 @@ test('drain(ms): true when the open connections end in time, false when they do 
 });
 
 // ---------------------------------------------------------------------------
+// Options are checked before anything is bound
+
+test('invalid options throw from the constructor with a .code, and nothing is bound', async () => {
+  const port = await freePort();
+  const listen = [`127.0.0.1:${port}`];
+  const base = await baseline();
+  const cases = [
+    [{ workers: 0 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ workers: 257 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ workers: 1.5 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ workers: '2' }, 'ERR_INVALID_ARG_TYPE'],
+    [{ maxConnections: -1 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ maxConnections: NaN }, 'ERR_INVALID_ARG_VALUE'],
+    [{ connectTimeout: 0 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ connectTimeout: 2 ** 31 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ pipeSize: 4095 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ pipeSize: 2 ** 30 + 1 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ logLevel: 8 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ logLevel: 'debug' }, 'ERR_INVALID_ARG_TYPE'],
+    [{ backlog: -1 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ resolveInterval: 0 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ target: '127.0.0.1:99999' }, 'ERR_INVALID_ARG_VALUE'],
+    [{ target: '[::1' }, 'ERR_INVALID_ARG_VALUE'],
+    [{ target: '' }, 'ERR_INVALID_ARG_VALUE'],
+    [{ target: 8080 }, 'ERR_INVALID_ARG_TYPE'],
+    [{ target: undefined }, 'ERR_INVALID_ARG_TYPE'],
+    [{ target: { kind: 'inet', host: '127.0.0.1', port: 0 } }, 'ERR_INVALID_ARG_VALUE'],
+    [{ target: { kind: 'unix', path: 'relative' } }, 'ERR_INVALID_ARG_VALUE'],
+    [{ listen: [...listen, '127.0.0.1'] }, 'ERR_INVALID_ARG_VALUE'],
+    [{ listen: '127.0.0.1:0' }, 'ERR_INVALID_ARG_TYPE'],
+    [{ fds: [-1] }, 'ERR_INVALID_ARG_VALUE'],
+  ];
+  for (const [bad, code] of cases) {
+    const options = { target: '127.0.0.1:9', listen, ...bad };
+    assert.throws(() => new SocketProxy(options), (e) => {
+      assert.equal(e.code, code, `${JSON.stringify(bad)}: ${e.message}`);
+      assert.ok(e instanceof Error);
+      return true;
+    }, JSON.stringify(bad));
+    assert.equal(await portIsFree(port), true, `${JSON.stringify(bad)} left 127.0.0.1:${port} bound`);
+  }
+  await assertBackTo(base, 'invalid options');
+});
+
+test('workers: 0 with a listen address: rejected with a .code, and the port is free again', async () => {
+  const port = await freePort();
+  const base = await baseline();
+  const attempt = async () => {
+    const proxy = new SocketProxy({ target: '127.0.0.1:9', listen: [`127.0.0.1:${port}`], workers: 0 });
+    await proxy.start();
+  };
+  await assert.rejects(attempt(), { code: 'ERR_INVALID_ARG_VALUE' });
+  assert.equal(await portIsFree(port), true, `127.0.0.1:${port} is still bound`);
+  await assertBackTo(base, 'workers: 0');
+});
+
+test('the engine refusing its options after the sockets were bound: start() rejects with a .code and closes them', async () => {
+  const port = await freePort();
+  const base = await baseline();
+  // A UNIX target path longer than sun_path: only the engine finds out.
+  const proxy = new SocketProxy({ target: `/tmp/${'x'.repeat(200)}`, listen: [`127.0.0.1:${port}`], workers: 1 });
+  await assert.rejects(proxy.start(), (e) => {
+    assert.equal(e.code, 'ERR_INVALID_ARG_VALUE', e.message);
+    assert.match(e.message, /too long/);
+    return true;
+  });
+  assert.equal(await portIsFree(port), true, `127.0.0.1:${port} is still bound`);
+  await assertBackTo(base, 'engine failure');
+  // A failed start leaves the proxy closed.
+  await assert.rejects(proxy.start(), { code: 'ERR_PROXY_CLOSED' });
+});
+
+test('a listen address in use: start() rejects with code EADDRINUSE and closes what it bound before', async () => {
+  const taken = await echoServer();
+  const free = await freePort();
+  const base = await baseline();
+  try {
+    const proxy = new SocketProxy({ target: '127.0.0.1:9', listen: [`127.0.0.1:${free}`, taken.target], workers: 1 });
+    await assert.rejects(proxy.start(), (e) => {
+      assert.equal(e.code, 'EADDRINUSE', e.message);
+      return true;
+    });
+    assert.equal(await portIsFree(free), true, `127.0.0.1:${free} is still bound`);
+    await assertBackTo(base, 'EADDRINUSE');
+  } finally {
+    await taken.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// start() and close() races
+
+test('close() while start() resolves the target: start() rejects with ERR_PROXY_CLOSED, nothing is left running', async () => {
+  const upstream = await echoServer();
+  const port = await freePort();
+  const base = await baseline();
+  try {
+    for (let i = 0; i < 5; i++) {
+      // "localhost" goes through the resolver: start() awaits it.
+      const proxy = new SocketProxy({ target: `localhost:${upstream.port}`, listen: [`127.0.0.1:${port}`], workers: 2 });
+      const starting = proxy.start();
+      proxy.close();
+      await assert.rejects(starting, { code: 'ERR_PROXY_CLOSED' });
+      assert.equal(await portIsFree(port), true, `127.0.0.1:${port} is still bound`);
+      await assertBackTo(base, 'close() during start()');
+      assert.deepEqual(proxy.listening, [`127.0.0.1:${port}`]);
+      assert.equal(proxy.active, 0);
+    }
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('start() twice: the second rejects at once with ERR_PROXY_STARTED; after close() with ERR_PROXY_CLOSED', async () => {
+  const upstream = await echoServer();
+  const base = await baseline();
+  try {
+    const proxy = new SocketProxy({ target: `localhost:${upstream.port}`, listen: ['127.0.0.1:0'], workers: 1 });
+    const first = proxy.start();
+    await assert.rejects(proxy.start(), { code: 'ERR_PROXY_STARTED' });
+    await first;
+    await assert.rejects(proxy.start(), { code: 'ERR_PROXY_STARTED' });
+    assert.equal(await roundTrip(proxy.listening[0], 'once'), 'once');
+    proxy.close();
+    await assert.rejects(proxy.start(), { code: 'ERR_PROXY_CLOSED' });
+    await assertBackTo(base, 'start twice');
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('passed fds belong to the proxy from start() on: closed by close() during start()', async () => {
+  const { addon } = await import('../dist/native.js');
+  const base = await baseline();
+  const port = await freePort();
+  const fd = addon.bindListener({ host: '127.0.0.1', port }, 16);
+  const proxy = new SocketProxy({ target: 'localhost:9', fds: [fd], workers: 1 });
+  const starting = proxy.start();
+  proxy.close();
+  await assert.rejects(starting, { code: 'ERR_PROXY_CLOSED' });
+  assert.equal(await portIsFree(port), true);
+  await assertBackTo(base, 'passed fd');
+});
+
+// ---------------------------------------------------------------------------
 // Parsed addresses and setters
 
 test('target and listen as parsed Address objects forward like their strings', async () => {
@@ -177,6 +322,9 @@ test('target and listen as parsed Address objects forward like their strings', a
       assert.equal(proxy.listening[1], unixPath);
       assert.equal(await roundTrip(proxy.listening[0], 'tcp'), 'tcp');
       assert.equal(await roundTrip(unixPath, 'unix'), 'unix');
+      assert.throws(() => proxy.setMaxConnections(-1), { code: 'ERR_INVALID_ARG_VALUE' });
+      assert.throws(() => proxy.setLogLevel(9), { code: 'ERR_INVALID_ARG_VALUE' });
+      await assert.rejects(proxy.drain(-1), { code: 'ERR_INVALID_ARG_VALUE' });
     } finally {
       proxy.close();
     }
@@ -185,3 +333,40 @@ test('target and listen as parsed Address objects forward like their strings', a
   }
 });
 
+// ---------------------------------------------------------------------------
+// ref() / unref()
+
+/** A child process that starts a proxy (forwarding to `target`), prints where it listens, then calls `then`. */
+const childSource = (target, then) => `
+import { createRequire } from 'node:module';
+const { SocketProxy } = createRequire(import.meta.url)(${JSON.stringify(DIST_INDEX)});
+const proxy = new SocketProxy({ target: ${JSON.stringify(target)}, listen: ['127.0.0.1:0'], workers: 2 });
+await proxy.start();
+${then}
+console.log('listening ' + proxy.listening[0]);
+`;
+
+test('unref(): a process whose only handle is an unref()ed proxy exits by itself; ref() keeps it running', { timeout: 60_000 }, async () => {
+  const upstream = await echoServer();
+  try {
+    const unrefd = nodeChild(childSource(upstream.target, 'proxy.unref();'));
+    assert.deepEqual(await within(unrefd.exited, 20_000, `the unref()ed proxy kept its process alive: ${unrefd.err}`), { code: 0, signal: null }, unrefd.err);
+    assert.match(unrefd.out, /^listening 127\.0\.0\.1:\d+$/m);
+
+    for (const then of ['', 'proxy.unref(); proxy.ref();']) {
+      const refd = nodeChild(childSource(upstream.target, then));
+      try {
+        const at = (await refd.waitLine(/^listening /)).split(' ')[1];
+        // Its module has finished; the proxy alone keeps it alive, and it keeps forwarding.
+        for (let i = 0; i < 3; i++) assert.equal(await roundTrip(at, `still here ${i}`), `still here ${i}`);
+        assert.equal(refd.exitCode, null, `exited: ${refd.err}`);
+        refd.kill('SIGTERM');
+        assert.deepEqual(await within(refd.exited, 10_000), { code: null, signal: 'SIGTERM' });
+      } finally {
+        if (refd.exitCode === null && refd.signalCode === null) refd.kill('SIGKILL');
+      }
+    }
+  } finally {
+    await upstream.close();
+  }
+});
