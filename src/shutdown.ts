@@ -1,6 +1,7 @@
 // How the daemon stops: on SIGTERM/SIGINT (stop accepting, let open
 // connections finish within --drain-timeout, a second signal cuts them), and
-// when --exit-idle-time ran out. Always exit status 0.
+// when --exit-idle-time ran out (stop accepting first, then serve whatever
+// connection slipped in to its end). Always exit status 0.
 import type { Logger } from './log';
 import type { SocketProxy } from './proxy';
 import { plural, type StatusReporter } from './status';
@@ -64,11 +65,26 @@ export class Shutdown {
   /** --exit-idle-time ran out. */
   onIdleTimeout(): void {
     const proxy = this.proxy;
-    if (!proxy || this.stopping || proxy.active > 0) return;
-    this.options.logger.info(`Exiting after ${formatTimespan(this.options.exitIdleTime)} without connections.`);
+    if (!proxy || this.stopping) return;
+    // Stop accepting first: once that returns, no client can slip in, so the
+    // count read next is the final one. A client still in the backlog stays
+    // there for the next instance (the service manager keeps the socket).
     proxy.stopAccepting();
+    const open = proxy.active;
+    const idle = formatTimespan(this.options.exitIdleTime);
     this.status?.stoppingNow();
-    this.exit(EXIT_SUCCESS);
+    if (open === 0) {
+      this.options.logger.info(`Exiting after ${idle} without connections.`);
+      this.exit(EXIT_SUCCESS);
+    }
+    // Connections that opened as the time ran out are served to their end,
+    // with no limit: they were accepted, so they are not dropped.
+    this.draining = true;
+    this.options.logger.info(
+      `Exiting after ${idle} without connections, once the ${plural(open, 'connection')} opened meanwhile ` +
+        `${open === 1 ? 'has' : 'have'} finished; no longer accepting.`,
+    );
+    this.drainThenExit(Infinity);
   }
 
   private onSignal(signal: NodeJS.Signals): void {

@@ -17,6 +17,7 @@ import {
   ACTIVATE, CLI, REFERENCE, abstractEchoServer, abstractName, abstractRoundTrip, activate, activateProxy, closed,
   collect, connect, connectTo, echoServer, freePort, notifyReceiver, pattern, sha256, startServer, stop, waitFor, waitForPort, within,
 } from './helpers.mjs';
+import { burst, request, supervise } from './lifecycle-helpers.mjs';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-daemon-'));
 after(() => fs.rmSync(TMP, { recursive: true, force: true }));
@@ -540,6 +541,52 @@ test('--exit-idle-time: not while a connection is open; counted again from when 
     const dt = Date.now() - t0;
     assert.ok(dt >= 800 && dt < 5000, `exited ${dt} ms after the connection closed`);
   } finally {
+    await upstream.close();
+  }
+});
+
+test('--exit-idle-time=200ms: streams of very short connections never keep it from exiting once they stop', { timeout: 180_000 }, async () => {
+  // Each connection ends as soon as its upstream connect is refused: busy periods far shorter
+  // than the time their events take to reach JS.
+  const nowhere = await freePort();
+  for (let run = 0; run < 8; run++) {
+    const { child, port } = await listenProxy(['--exit-idle-time=200ms', '-c', '10000', `127.0.0.1:${nowhere}`]);
+    try {
+      // Clients that come after it stopped accepting are refused: that is fine.
+      await burst(`127.0.0.1:${port}`, { clients: 6, each: 40 });
+      await expectExit(child, 0, 15_000);
+    } finally {
+      if (alive(child)) child.kill('SIGKILL');
+    }
+  }
+});
+
+test('--exit-idle-time=2ms under a supervisor that keeps the socket and restarts it: every client gets its answer', { timeout: 240_000 }, async () => {
+  const upstream = await echoServer();
+  const supervisor = await supervise(['--exit-idle-time=2ms', '--log-level=warning', upstream.target], { env: baseEnv() });
+  const results = [];
+  try {
+    // Three clients, each sending a request every few ms, until the proxy has exited 200 times
+    // (the old idle exit dropped about 1 request in 150 this way).
+    let stop = false;
+    const client = async (id) => {
+      for (let i = 0; !stop; i++) {
+        const text = `request ${id}-${i}`;
+        results.push({ text, reply: await request(supervisor.port, text) });
+        await new Promise((r) => setTimeout(r, 3 + (i % 5)));
+      }
+    };
+    const clients = [client('a'), client('b'), client('c')];
+    const enough = await waitFor(() => supervisor.exits.length >= 200, 180_000, 50);
+    stop = true;
+    await Promise.all(clients);
+    assert.ok(enough, `only ${supervisor.exits.length} exits in 180 s; stderr:\n${supervisor.stderr()}`);
+    const wrong = results.filter((r) => r.reply !== r.text);
+    assert.deepEqual(wrong, [], `${wrong.length} of ${results.length} requests over ${supervisor.exits.length} exits not answered`);
+    assert.ok(results.length >= 200, `only ${results.length} requests`);
+    assert.deepEqual(supervisor.exits.filter((e) => e.code !== 0 || e.signal !== 0), [], supervisor.stderr());
+  } finally {
+    await supervisor.stop();
     await upstream.close();
   }
 });
