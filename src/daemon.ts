@@ -45,16 +45,18 @@ function die(logger: Logger, message: string): never {
   process.exit(EXIT_FAILURE);
 }
 
-/** Raises the soft fd limit to the hard one. */
-function raiseFdLimit(logger: Logger): void {
+/** The highest fd number + 1 this process may have: the soft limit, raised to the hard one. */
+function fdLimit(logger: Logger): number {
   const limits = addon.raiseFdLimit();
   logger.debug(`File descriptor limit: ${limits.soft < 0 ? 'unlimited' : limits.soft}.`);
+  // "Unlimited" is still capped by the kernel (fs.nr_open, 2^20 by default).
+  return limits.soft < 0 ? 2 ** 20 : limits.soft;
 }
 
 /** The sockets passed in by the service manager, each checked to be a listening stream socket. */
-function receiveSockets(env: NodeJS.ProcessEnv, logger: Logger): { passed: PassedSocket[]; labels: string[] } {
+function receiveSockets(env: NodeJS.ProcessEnv, limit: number, logger: Logger): { passed: PassedSocket[]; labels: string[] } {
   try {
-    const passed = listenFds(env);
+    const passed = listenFds(env, process.pid, limit);
     const infos = checkListenFds(passed);
     return { passed, labels: passed.map((s, i) => socketLabel(s, infos[i])) };
   } catch (error) {
@@ -66,9 +68,9 @@ function receiveSockets(env: NodeJS.ProcessEnv, logger: Logger): { passed: Passe
 /** Runs the proxy until it is told to stop or has been idle long enough; never returns. */
 export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = process.env): Promise<never> {
   const logger = createLogger(options, env);
-  const { passed, labels } = receiveSockets(env, logger);
+  const limit = fdLimit(logger);
+  const { passed, labels } = receiveSockets(env, limit, logger);
   if (passed.length === 0 && options.listen.length === 0) die(logger, "Didn't get any sockets passed in.");
-  raiseFdLimit(logger);
 
   const notifier = new Notifier({
     env,

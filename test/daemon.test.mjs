@@ -238,6 +238,28 @@ test('LISTEN_PID of another process: the passed fds are ignored', async () => {
   }
 });
 
+test('LISTEN_FDS=2147483644 (more than the fd limit allows): one error line and exit 1 at once, like the reference', async () => {
+  for (const program of [[process.execPath, CLI], [REFERENCE]]) {
+    const child = track(
+      spawn('sh', ['-c', 'LISTEN_PID=$$ LISTEN_FDS=2147483644 exec "$0" "$@"', ...program, '127.0.0.1:1'], {
+        env: baseEnv(),
+        stdio: ['ignore', 'ignore', 'pipe'],
+      }),
+    );
+    try {
+      await expectExit(child, 1, 15_000);
+    } finally {
+      if (alive(child)) child.kill('SIGKILL');
+    }
+    const out = child.lines();
+    assert.equal(out.length, 1, child.stderrText);
+    assert.match(out[0], /^Failed to receive sockets from parent/);
+    if (program[0] === process.execPath) {
+      assert.match(out[0], /^Failed to receive sockets from parent: LISTEN_FDS=2147483644 is more than the file descriptor limit allows \(\d+, so at most \d+ from fd 3 on\)$/);
+    }
+  }
+});
+
 // ---------------------------------------------------------------------------
 // --listen without systemd
 
