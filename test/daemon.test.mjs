@@ -507,6 +507,55 @@ test('watchdog: a stuck forwarding thread withholds WATCHDOG=1 until it runs aga
   }
 });
 
+test('WATCHDOG_USEC=1: one warning, a ping at most every 10 ms, and no line per stall', async () => {
+  const upstream = await echoServer();
+  const notify = await notifyReceiver(tmpPath('wd-tiny.sock'));
+  const child = runCli([`--listen=127.0.0.1:${await freePort()}`, upstream.target], { env: { NOTIFY_SOCKET: notify.address, WATCHDOG_USEC: '1' } });
+  try {
+    const ready = await notify.wait(/^READY=1$/m);
+    // Two seconds of pings, by the receiver's clock.
+    const pinged = await waitFor(() => {
+      const last = notify.messages.findLast((m) => m.text === 'WATCHDOG=1');
+      return last && last.t - ready.t >= 2000;
+    }, 30_000);
+    assert.ok(pinged, 'no pings for two seconds');
+    child.kill('SIGTERM');
+    await expectExit(child, 0);
+    const pings = notify.messages.filter((m) => m.text === 'WATCHDOG=1');
+    const gaps = pings.slice(1).map((p, i) => p.t - pings[i].t).sort((x, y) => x - y);
+    assert.ok(gaps[Math.floor(gaps.length / 2)] >= 8, `median gap ${gaps[Math.floor(gaps.length / 2)]} ms`);
+    const lines = child.lines();
+    assert.equal(lines.filter((l) => l === 'WATCHDOG_USEC=1 is too short to ping every half of it; pinging every 10ms.').length, 1, child.stderrText);
+    // A stall now and then on a loaded machine is possible; a line for each is not.
+    assert.ok(lines.filter((l) => /did not answer/.test(l)).length <= 1, child.stderrText);
+    assert.ok(lines.length <= 5, child.stderrText);
+    assert.equal(lines.at(-1), 'Received SIGTERM; exiting.');
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await notify.close();
+    await upstream.close();
+  }
+});
+
+test('stall lines: the first one, then at most one per 10 s saying how many were left out; "resumed" only after a logged one', async () => {
+  const { StallReporter } = await import('../dist/watchdog.js');
+  const { Logger } = await import('../dist/log.js');
+  const lines = [];
+  let now = 0;
+  const stalls = new StallReporter(new Logger({ journal: false, write: (l) => lines.push(l.trimEnd()) }), 10_000, () => now);
+  for (let i = 0; i < 500; i++, now += 10) {
+    stalls.onStall(true);
+    stalls.onStall(false);
+  }
+  assert.deepEqual(lines, [
+    'A forwarding thread did not answer in time; withholding the watchdog ping.',
+    'Forwarding threads answer again; watchdog pings resumed.',
+  ]);
+  now = 10_000;
+  stalls.onStall(true);
+  assert.equal(lines.at(-1), 'A forwarding thread did not answer in time; withholding the watchdog ping (499 more such stalls since the last report).');
+});
+
 // ---------------------------------------------------------------------------
 // --exit-idle-time
 
