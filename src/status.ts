@@ -37,8 +37,9 @@ export class StatusReporter {
     this.timer.unref();
   }
 
-  /** STOPPING=1 with the status from now on. */
+  /** STOPPING=1 (once) with the status from now on. */
   stoppingNow(): void {
+    if (this.stopping) return;
     this.stopping = true;
     this.notifier.stopping(this.text());
   }
