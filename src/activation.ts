@@ -28,9 +28,11 @@ function parsePositive(text: string): number | null {
 /**
  * The fds passed in by the service manager, or [] when none were passed to
  * this process (no LISTEN_PID, or it names another process). Removes the
- * variables from `env` either way, so no child inherits them.
+ * variables from `env` either way, so no child inherits them. `fdLimit` is
+ * the soft RLIMIT_NOFILE (fds are below it): a count that cannot fit is an
+ * error, found before anything is allocated for it.
  */
-export function listenFds(env: NodeJS.ProcessEnv = process.env, pid = process.pid): PassedSocket[] {
+export function listenFds(env: NodeJS.ProcessEnv = process.env, pid = process.pid, fdLimit = Infinity): PassedSocket[] {
   const pidText = env.LISTEN_PID;
   const countText = env.LISTEN_FDS;
   const namesText = env.LISTEN_FDNAMES;
@@ -46,6 +48,12 @@ export function listenFds(env: NodeJS.ProcessEnv = process.env, pid = process.pi
   const count = parsePositive(countText);
   if (count === null || count > 0x7fffffff - SD_LISTEN_FDS_START) {
     throw new ActivationError(`Failed to receive sockets from parent: invalid LISTEN_FDS=${countText}`);
+  }
+  if (SD_LISTEN_FDS_START + count > fdLimit) {
+    throw new ActivationError(
+      `Failed to receive sockets from parent: LISTEN_FDS=${countText} is more than the file descriptor limit allows ` +
+        `(${fdLimit}, so at most ${Math.max(0, fdLimit - SD_LISTEN_FDS_START)} from fd ${SD_LISTEN_FDS_START} on)`,
+    );
   }
   const names = namesText === undefined || namesText === '' ? [] : namesText.split(':');
   return Array.from({ length: count }, (_, i) => ({

@@ -3,14 +3,11 @@
 // line starts with its syslog priority, "<3>", so the journal keeps levels.
 import fs from 'node:fs';
 
+/** The syslog levels, as systemd names them; the index is the level. */
 export const LOG_LEVELS = ['emerg', 'alert', 'crit', 'err', 'warning', 'notice', 'info', 'debug'] as const;
-export type LogLevelName = (typeof LOG_LEVELS)[number];
 
-export const LOG_ERR = 3;
-export const LOG_WARNING = 4;
-export const LOG_NOTICE = 5;
-export const LOG_INFO = 6;
-export const LOG_DEBUG = 7;
+/** The levels the proxy logs at (its 'log' events and the daemon's lines). */
+export const LogLevel = { error: 3, warning: 4, notice: 5, info: 6, debug: 7 } as const;
 
 const ALIASES: Record<string, number> = { emergency: 0, critical: 2, error: 3, warn: 4 };
 
@@ -25,10 +22,6 @@ export function parseLogLevel(text: string): number | null {
   const i = (LOG_LEVELS as readonly string[]).indexOf(t);
   if (i >= 0) return i;
   return ALIASES[t] ?? null;
-}
-
-export function logLevelName(level: number): string {
-  return LOG_LEVELS[level] ?? String(level);
 }
 
 /**
@@ -63,7 +56,7 @@ export class Logger {
   private readonly write: (line: string) => void;
 
   constructor(options: LoggerOptions = {}) {
-    this.level = options.level ?? LOG_INFO;
+    this.level = options.level ?? LogLevel.info;
     this.journal = options.journal ?? stderrIsJournal();
     this.write = options.write ?? writeStderr;
   }
@@ -79,23 +72,19 @@ export class Logger {
   }
 
   error(message: string): void {
-    this.log(LOG_ERR, message);
+    this.log(LogLevel.error, message);
   }
 
   warning(message: string): void {
-    this.log(LOG_WARNING, message);
-  }
-
-  notice(message: string): void {
-    this.log(LOG_NOTICE, message);
+    this.log(LogLevel.warning, message);
   }
 
   info(message: string): void {
-    this.log(LOG_INFO, message);
+    this.log(LogLevel.info, message);
   }
 
   debug(message: string): void {
-    this.log(LOG_DEBUG, message);
+    this.log(LogLevel.debug, message);
   }
 }
 

@@ -82,7 +82,6 @@ export interface Addon {
 function load(): Addon {
   const explicit = process.env.SOCKET_PROXYD_ADDON;
   if (explicit) return require(path.resolve(explicit)) as Addon;
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
   const nodeGypBuild = require('node-gyp-build') as (dir: string) => Addon;
   return nodeGypBuild(path.join(__dirname, '..'));
 }

@@ -1,6 +1,6 @@
-// sd_notify(3) and the service watchdog, for Type=notify units. The datagrams
-// are sent by the addon (Node has no UNIX datagram sockets). Without
-// NOTIFY_SOCKET everything here is a no-op.
+// sd_notify(3), for Type=notify units (when to send WATCHDOG=1 is
+// watchdog.ts's). The datagrams are sent by the addon (Node has no UNIX
+// datagram sockets). Without NOTIFY_SOCKET everything here is a no-op.
 import { addon } from './native';
 
 export interface NotifierOptions {
@@ -62,63 +62,5 @@ export class Notifier {
 
   watchdog(): boolean {
     return this.send('WATCHDOG=1');
-  }
-}
-
-/**
- * The watchdog interval asked for by the service manager, in µs, like
- * sd_watchdog_enabled(): WATCHDOG_USEC, honoured only if WATCHDOG_PID is
- * unset or names this process. Null when disabled or malformed.
- */
-export function watchdogUsec(env: NodeJS.ProcessEnv = process.env, pid = process.pid): bigint | null {
-  const usecText = env.WATCHDOG_USEC;
-  if (!usecText || !/^[0-9]+$/.test(usecText)) return null;
-  const usec = BigInt(usecText);
-  if (usec === 0n || usec >= (1n << 64n) - 1n) return null;
-  const pidText = env.WATCHDOG_PID;
-  if (pidText !== undefined) {
-    if (!/^[0-9]+$/.test(pidText) || Number(pidText) !== pid) return null;
-  }
-  return usec;
-}
-
-export interface WatchdogOptions {
-  notifier: Notifier;
-  /** WATCHDOG_USEC. Pings go out every half of it. */
-  usec: bigint;
-  /** True while the work is proven alive; a ping is sent only then. */
-  alive: () => boolean;
-  /** Told when a ping is withheld (once per episode) and when pings resume. */
-  onStall?: (stalled: boolean) => void;
-}
-
-/** Sends WATCHDOG=1 every half interval while `alive()` says so. */
-export class Watchdog {
-  private timer: NodeJS.Timeout | null = null;
-  private stalled = false;
-  readonly intervalMs: number;
-
-  constructor(private readonly options: WatchdogOptions) {
-    this.intervalMs = Math.max(1, Math.min(2 ** 31 - 1, Number(options.usec / 2n / 1000n)));
-  }
-
-  start(): void {
-    if (this.timer) return;
-    this.tick();
-    this.timer = setInterval(() => this.tick(), this.intervalMs);
-  }
-
-  stop(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-  }
-
-  private tick(): void {
-    const alive = this.options.alive();
-    if (alive) this.options.notifier.watchdog();
-    if (alive === this.stalled) {
-      this.stalled = !alive;
-      this.options.onStall?.(this.stalled);
-    }
   }
 }

@@ -3,21 +3,25 @@
 // prefixes of long options, "-c5", same error texts), plus our extensions.
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseAddress } from './target';
+import {
+  DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_RESOLVE_INTERVAL_MS,
+  DEFAULT_WORKERS_CAP, LIMITS, MAX_TIMER_MS,
+} from './defaults';
 import { parseLogLevel } from './log';
-import { USEC_INFINITY, USEC_PER_MSEC, USEC_PER_SEC, parseTimespan } from './timespan';
+import { parseAddress, type Address } from './target';
+import { USEC_INFINITY, USEC_PER_MSEC, formatTimespan, parseTimespan } from './timespan';
 
 export const PROGRAM = 'socket-proxyd';
 
 export interface CliOptions {
-  /** HOST:PORT, [IPv6]:PORT, HOST (port 80), /path or @abstract. */
-  target: string;
+  /** HOST:PORT, [IPv6]:PORT, HOST (port 80), /path or @abstract; parsed. */
+  target: Address;
   /** -c: simultaneous connections (exact). */
   maxConnections: number;
   /** --exit-idle-time, in µs; USEC_INFINITY for never. */
   exitIdleTime: bigint;
-  /** --listen addresses, in order. */
-  listen: string[];
+  /** --listen addresses, in order; parsed. */
+  listen: Address[];
   /** --drain-timeout, in µs; USEC_INFINITY waits for every connection. */
   drainTimeout: bigint;
   /** --log-level (0–7), if given: wins over SYSTEMD_LOG_LEVEL. */
@@ -40,17 +44,18 @@ export class UsageError extends Error {
   }
 }
 
+const msToUsec = (ms: number): bigint => BigInt(ms) * USEC_PER_MSEC;
+
+/** The command line's defaults (src/defaults.ts), as its time spans are held: µs. */
 export const DEFAULTS = {
-  maxConnections: 256,
+  maxConnections: DEFAULT_MAX_CONNECTIONS,
   exitIdleTime: USEC_INFINITY,
-  drainTimeout: 5n * USEC_PER_SEC,
-  connectTimeout: 10n * USEC_PER_SEC,
-  resolveInterval: 30n * USEC_PER_SEC,
+  drainTimeout: msToUsec(DEFAULT_DRAIN_TIMEOUT_MS),
+  connectTimeout: msToUsec(DEFAULT_CONNECT_TIMEOUT_MS),
+  resolveInterval: msToUsec(DEFAULT_RESOLVE_INTERVAL_MS),
 } as const;
 
-/** The longest timer Node can arm (setTimeout's limit, about 24.8 days). */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
-export const MAX_WORKERS = 256;
+const MAX_WORKERS = LIMITS.workers.max;
 
 interface OptionSpec {
   long: string;
@@ -84,7 +89,7 @@ address or an IPv6 address ([::1]:8080 or ::1:8080); without :PORT it means
 port 80. SOCKET is a UNIX socket path, or @NAME for an abstract socket.
 
   -c --connections-max=N  Set the maximum number of connections to be accepted
-                          (default 256; exactly N are served at once, the
+                          (default ${DEFAULTS.maxConnections}; exactly N are served at once, the
                           next client is closed at once)
      --exit-idle-time=SPAN
                           Exit when without a connection for this duration
@@ -98,18 +103,18 @@ Extensions (not in systemd-socket-proxyd):
                           @name) besides any sockets passed in; repeatable.
                           For use without systemd
      --drain-timeout=SPAN On SIGTERM/SIGINT, stop accepting and let open
-                          connections finish for up to SPAN (default 5s;
+                          connections finish for up to SPAN (default ${formatTimespan(DEFAULTS.drainTimeout)};
                           0 closes them at once). A second signal exits at once
      --log-level=LEVEL    emerg, alert, crit, err, warning, notice, info
                           (default) or debug, or 0-7. Overrides
                           $SYSTEMD_LOG_LEVEL
-     --workers=N          Forwarding threads (default: CPUs, at most 4)
+     --workers=N          Forwarding threads (default: CPUs, at most ${DEFAULT_WORKERS_CAP})
      --connect-timeout=SPAN
                           Time allowed for each target address to accept a
-                          connection (default 10s)
+                          connection (default ${formatTimespan(DEFAULTS.connectTimeout)})
      --resolve-interval=SPAN
                           How often a HOST name is resolved again, so new
-                          connections follow DNS changes (default 30s)
+                          connections follow DNS changes (default ${formatTimespan(DEFAULTS.resolveInterval)})
 
 Listening sockets come from systemd socket activation ($LISTEN_FDS, see
 sd_listen_fds(3)); each must be a listening stream socket. Under systemd it
@@ -220,11 +225,10 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
         return null;
       case 'listen':
         try {
-          parseAddress(value, undefined, true);
+          o.listen.push(parseAddress(value, undefined, true));
         } catch (error) {
           throw new UsageError(`Failed to parse --listen= argument: ${(error as Error).message}`);
         }
-        o.listen.push(value);
         return null;
       case 'drain-timeout':
         o.drainTimeout = parseSpan(spec.long, value);
@@ -298,11 +302,12 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
 
   if (positional.length < 1) throw new UsageError('Not enough parameters.');
   if (positional.length > 1) throw new UsageError('Too many parameters.');
-  const target = positional[0];
+  const spec = positional[0];
+  let target: Address;
   try {
-    parseAddress(target, 80);
+    target = parseAddress(spec, 80);
   } catch (error) {
-    throw new UsageError(`Failed to parse target "${target}": ${(error as Error).message}`);
+    throw new UsageError(`Failed to parse target "${spec}": ${(error as Error).message}`);
   }
   return { action: 'run', options: { target, ...o } };
 }

@@ -1,30 +1,44 @@
 // SocketProxy: the in-process forwarder. A thin class over the native Engine:
-// it resolves the target, owns the listening sockets until the engine takes
-// them, turns activity changes into 'busy'/'idle' events and reads the
-// counters straight from native memory.
+// it checks its options, resolves the target, owns the listening sockets
+// until the engine takes them, turns activity changes into 'busy'/'idle'
+// events and reads the counters straight from native memory.
 import { EventEmitter } from 'node:events';
-import os from 'node:os';
+import {
+  DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_PIPE_SIZE,
+  DEFAULT_RESOLVE_INTERVAL_MS, LIMITS, defaultWorkers,
+} from './defaults';
+import {
+  ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE, ERR_PROXY_CLOSED, ERR_PROXY_STARTED, ERR_PROXY_START_FAILED,
+  codedError, withCode,
+} from './errors';
+import { LogLevel } from './log';
 import { addon, EngineEvent, type NativeEndpoint, type NativeEngine } from './native';
-import { formatAddress, isLiteral, parseAddress, resolveAddress, type Address } from './target';
+import { longTimeout } from './timers';
+import { formatAddress, isLiteral, parseAddress, resolveAddress, toEndpoint, type Address } from './target';
+
+export { LogLevel };
 
 export interface SocketProxyOptions {
-  /** Where clients are forwarded: "HOST:PORT", "[IPv6]:PORT", "/unix/path" or "@abstract". HOST alone means port 80. */
-  target: string;
+  /**
+   * Where clients are forwarded: "HOST:PORT", "[IPv6]:PORT", "/unix/path" or "@abstract" (HOST alone
+   * means port 80), or an Address as parseAddress() returns it.
+   */
+  target: string | Address;
   /** Listening sockets to take over (e.g. inherited from systemd). The proxy owns and closes them. */
   fds?: number[];
   /** Addresses to bind and listen on, same syntax as `target` (a port is required; 0 picks a free one). */
-  listen?: string[];
+  listen?: (string | Address)[];
   /** Simultaneous connections; the next client is closed at once. Default 256. */
   maxConnections?: number;
-  /** Forwarding threads. Default: the number of CPUs, at most 4. */
+  /** Forwarding threads, 1–256. Default: the number of CPUs, at most 4. */
   workers?: number;
   /** Time allowed for each upstream address to accept the connection, in ms. Default 10000. */
   connectTimeout?: number;
-  /** Size asked for each pipe (F_SETPIPE_SZ). Default 256 KiB. */
+  /** Size asked for each pipe (F_SETPIPE_SZ), 4096 B–1 GiB. Default 256 KiB. */
   pipeSize?: number;
   /** How often a hostname target is resolved again, in ms. Default 30000. */
   resolveInterval?: number;
-  /** syslog level of the 'log' events emitted: 3 error, 4 warning, 6 info (default), 7 debug. */
+  /** syslog level of the 'log' events emitted, 0–7: 3 error, 4 warning, 6 info (default), 7 debug. */
   logLevel?: number;
   /** listen(2) backlog for sockets bound from `listen`. Default 4096. */
   backlog?: number;
@@ -51,8 +65,6 @@ export interface ProxyStats {
   spliceReads: number;
 }
 
-export const LogLevel = { error: 3, warning: 4, info: 6, debug: 7 } as const;
-
 const RESOLVE_RETRY_MS = 1000;
 
 export interface SocketProxyEvents {
@@ -70,64 +82,183 @@ export declare interface SocketProxy {
   emit<E extends keyof SocketProxyEvents>(event: E, ...args: SocketProxyEvents[E]): boolean;
 }
 
+/** The options after checking: every default filled in, every address parsed. */
+interface ProxyConfig {
+  target: Address;
+  fds: number[];
+  listen: Address[];
+  maxConnections: number;
+  workers: number;
+  connectTimeout: number;
+  pipeSize: number;
+  resolveInterval: number;
+  logLevel: number;
+  backlog: number;
+}
+
+type Limit = { readonly min: number; readonly max: number };
+
+function integerOption(options: SocketProxyOptions, name: keyof typeof LIMITS, fallback: number): number {
+  const value = (options as unknown as Record<string, unknown>)[name];
+  if (value === undefined) return fallback;
+  return checkInteger(value, `options.${name}`, LIMITS[name]);
+}
+
+function checkInteger(value: unknown, what: string, { min, max }: Limit): number {
+  if (typeof value !== 'number') {
+    throw codedError(ERR_INVALID_ARG_TYPE, `${what} must be a number; got ${typeof value}`, TypeError);
+  }
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw codedError(ERR_INVALID_ARG_VALUE, `${what} must be an integer from ${min} to ${max}; got ${value}`, RangeError);
+  }
+  return value;
+}
+
+/** An address given as a string or as an Address object, checked; `listening` allows port 0 and needs a port. */
+function checkAddress(value: unknown, what: string, listening: boolean): Address {
+  if (typeof value === 'string') {
+    try {
+      return listening ? parseAddress(value, undefined, true) : parseAddress(value, 80);
+    } catch (error) {
+      throw codedError(ERR_INVALID_ARG_VALUE, `${what}: ${(error as Error).message}`, RangeError);
+    }
+  }
+  const a = value as Partial<{ kind: unknown; path: unknown; host: unknown; port: unknown }> | null;
+  if (a && typeof a === 'object' && a.kind === 'unix' && typeof a.path === 'string') {
+    // The same rules as for its string form (parseAddress).
+    if (!/^[/@]./.test(a.path) && a.path !== '/') {
+      throw codedError(ERR_INVALID_ARG_VALUE, `${what}.path must start with "/" or be "@name"; got "${a.path}"`, RangeError);
+    }
+    return { kind: 'unix', path: a.path };
+  }
+  if (a && typeof a === 'object' && a.kind === 'inet' && typeof a.host === 'string' && typeof a.port === 'number') {
+    const port = checkInteger(a.port, `${what}.port`, { min: listening ? 0 : 1, max: 65535 });
+    if (a.host === '') throw codedError(ERR_INVALID_ARG_VALUE, `${what}.host is empty`, RangeError);
+    return { kind: 'inet', host: a.host, port };
+  }
+  throw codedError(
+    ERR_INVALID_ARG_TYPE,
+    `${what} must be an address string or {kind: 'inet', host, port} or {kind: 'unix', path}`,
+    TypeError,
+  );
+}
+
+/** Checks every option before anything is bound; throws a TypeError/RangeError with `.code`. */
+function checkOptions(options: SocketProxyOptions): ProxyConfig {
+  if (options === null || typeof options !== 'object') {
+    throw codedError(ERR_INVALID_ARG_TYPE, 'options must be an object', TypeError);
+  }
+  const list = (value: unknown, what: string): unknown[] => {
+    if (value === undefined) return [];
+    if (!Array.isArray(value)) throw codedError(ERR_INVALID_ARG_TYPE, `${what} must be an array`, TypeError);
+    return value;
+  };
+  if (options.target === undefined) throw codedError(ERR_INVALID_ARG_TYPE, 'options.target is required', TypeError);
+  return {
+    target: checkAddress(options.target, 'options.target', false),
+    fds: list(options.fds, 'options.fds').map((fd, i) =>
+      checkInteger(fd, `options.fds[${i}]`, { min: 0, max: 2 ** 31 - 1 }),
+    ),
+    listen: list(options.listen, 'options.listen').map((a, i) => checkAddress(a, `options.listen[${i}]`, true)),
+    maxConnections: integerOption(options, 'maxConnections', DEFAULT_MAX_CONNECTIONS),
+    workers: integerOption(options, 'workers', defaultWorkers()),
+    connectTimeout: integerOption(options, 'connectTimeout', DEFAULT_CONNECT_TIMEOUT_MS),
+    pipeSize: integerOption(options, 'pipeSize', DEFAULT_PIPE_SIZE),
+    resolveInterval: integerOption(options, 'resolveInterval', DEFAULT_RESOLVE_INTERVAL_MS),
+    logLevel: integerOption(options, 'logLevel', LogLevel.info),
+    backlog: integerOption(options, 'backlog', DEFAULT_BACKLOG),
+  };
+}
+
 export class SocketProxy extends EventEmitter {
   readonly target: Address;
-  private readonly options: SocketProxyOptions;
+  private readonly config: ProxyConfig;
   private engine: NativeEngine | null = null;
   private counters: BigUint64Array | null = null;
-  private busy = false;
+  private state: 'new' | 'starting' | 'running' | 'closed' = 'new';
+  /** Listening sockets start() owns and has not handed to the engine yet. */
+  private pending: number[] = [];
+  /** 'busy' and 'idle' events emitted so far (busy while busyCount > idleCount). */
+  private busyCount = 0;
+  private idleCount = 0;
+  /** Called after every look at the activity counters (drain() waits with these). */
+  private readonly activityWatchers = new Set<() => void>();
   private resolveTimer: NodeJS.Timeout | null = null;
+  private referenced = true;
   private pingSeq = 0;
-  private closed = false;
   /** Addresses the proxy listens on, as the kernel reports them (after start). */
   listening: string[] = [];
 
+  /** Checks the options; throws (with `.code`) for any invalid one. Binds nothing. */
   constructor(options: SocketProxyOptions) {
     super();
-    this.options = options;
-    this.target = parseAddress(options.target, 80);
+    this.config = checkOptions(options);
+    this.target = this.config.target;
   }
 
-  /** Resolves the target, binds `listen` addresses and starts forwarding. */
+  /**
+   * Binds the `listen` addresses, resolves the target and starts forwarding.
+   * Rejects (with `.code`) if it cannot; then every socket it was given or
+   * bound is closed. close() before it finished: rejects with ERR_PROXY_CLOSED,
+   * having started nothing.
+   */
   async start(): Promise<void> {
-    if (this.engine || this.closed) throw new Error('SocketProxy already started');
-    const o = this.options;
-    const listeners = [...(o.fds ?? [])];
+    if (this.state === 'closed') throw codedError(ERR_PROXY_CLOSED, 'SocketProxy is closed');
+    if (this.state !== 'new') throw codedError(ERR_PROXY_STARTED, 'SocketProxy.start() was called already');
+    this.state = 'starting';
+    const c = this.config;
+    // From here on the proxy owns the passed fds.
+    this.pending = [...c.fds];
     try {
-      for (const spec of o.listen ?? []) {
-        const address = parseAddress(spec, undefined, true);
-        const endpoint: NativeEndpoint =
-          address.kind === 'unix' ? { path: address.path } : { host: address.host, port: address.port };
-        listeners.push(addon.bindListener(endpoint, o.backlog ?? 4096));
+      for (const address of c.listen) this.pending.push(addon.bindListener(toEndpoint(address), c.backlog));
+      if (this.pending.length === 0) {
+        throw codedError(ERR_INVALID_ARG_VALUE, 'no listening sockets: pass fds or listen addresses', RangeError);
       }
+      this.listening = this.pending.map((fd) => addon.inspectFd(fd).address ?? `fd ${fd}`);
     } catch (error) {
-      for (const fd of listeners.slice(o.fds?.length ?? 0)) addon.closeFd(fd);
-      throw error;
+      this.fail();
+      throw withCode(error, ERR_INVALID_ARG_VALUE);
     }
-    if (listeners.length === 0) throw new Error('no listening sockets: pass fds or listen addresses');
-    this.listening = listeners.map((fd) => addon.inspectFd(fd).address ?? `fd ${fd}`);
 
     let targets: NativeEndpoint[] = [];
     let resolveError: unknown = null;
     try {
       targets = await resolveAddress(this.target);
     } catch (error) {
-      resolveError = error;  // not fatal: clients fail until it resolves
+      resolveError = error; // not fatal: clients fail until it resolves
     }
-    const engine = new addon.Engine({
-      listeners,
-      targets,
-      maxConnections: o.maxConnections ?? 256,
-      workers: o.workers ?? Math.min(4, os.availableParallelism?.() ?? os.cpus().length),
-      connectTimeoutMs: o.connectTimeout ?? 10_000,
-      pipeSize: o.pipeSize ?? 256 * 1024,
-      logLevel: o.logLevel ?? LogLevel.info,
-    });
+    // close() ran meanwhile: it closed the sockets; start nothing.
+    if (this.state !== 'starting') throw codedError(ERR_PROXY_CLOSED, 'SocketProxy was closed before it started');
+
+    let engine: NativeEngine;
+    try {
+      engine = new addon.Engine({
+        listeners: this.pending,
+        targets,
+        maxConnections: c.maxConnections,
+        workers: c.workers,
+        connectTimeoutMs: c.connectTimeout,
+        pipeSize: c.pipeSize,
+        logLevel: c.logLevel,
+      });
+    } catch (error) {
+      this.fail();
+      throw withCode(error, ERR_INVALID_ARG_VALUE);
+    }
+    this.pending = []; // the engine owns them now, and closes them
+    try {
+      engine.start((kind, level, message) => this.onEngineEvent(kind, level, message));
+    } catch (error) {
+      engine.close();
+      this.fail();
+      throw withCode(error, ERR_PROXY_START_FAILED);
+    }
     this.engine = engine;
     this.counters = engine.counters;
-    engine.start((kind, level, message) => this.onEngineEvent(kind, level, message));
+    this.state = 'running';
+    if (!this.referenced) engine.unref();
     if (resolveError) this.onResolveFailure(resolveError);
-    if (!isLiteral(this.target)) this.scheduleResolve(resolveError ? RESOLVE_RETRY_MS : this.resolveInterval);
+    if (!isLiteral(this.target)) this.scheduleResolve(resolveError ? RESOLVE_RETRY_MS : c.resolveInterval);
   }
 
   /** Live counters, read from native memory. */
@@ -155,12 +286,12 @@ export class SocketProxy extends EventEmitter {
   }
 
   setMaxConnections(limit: number): void {
-    this.options.maxConnections = limit;
+    this.config.maxConnections = checkInteger(limit, 'maxConnections', LIMITS.maxConnections);
     this.engine?.setMaxConnections(limit);
   }
 
   setLogLevel(level: number): void {
-    this.options.logLevel = level;
+    this.config.logLevel = checkInteger(level, 'logLevel', LIMITS.logLevel);
     this.engine?.setLogLevel(level);
   }
 
@@ -178,55 +309,82 @@ export class SocketProxy extends EventEmitter {
     return alive;
   }
 
-  /** Stops accepting and closes the listening sockets; open connections carry on. */
+  /**
+   * Stops accepting and closes the listening sockets; open connections carry
+   * on. Synchronous: once it returns no new connection appears, so `active`
+   * read after it only goes down.
+   */
   stopAccepting(): void {
     this.stopResolving();
     this.engine?.stopAccepting();
   }
 
   /**
-   * Stops accepting, then waits up to `timeoutMs` for open connections to end.
-   * Resolves true if they all ended. Call close() afterwards.
+   * Stops accepting, then waits up to `timeoutMs` (default and Infinity: no
+   * limit) for open connections to end. Resolves true if they all ended,
+   * false if some were still open at the deadline. Call close() afterwards.
    */
-  async drain(timeoutMs: number): Promise<boolean> {
+  async drain(timeoutMs = Infinity): Promise<boolean> {
+    if (typeof timeoutMs !== 'number' || Number.isNaN(timeoutMs) || timeoutMs < 0) {
+      throw codedError(ERR_INVALID_ARG_VALUE, `drain(timeoutMs): a number ≥ 0 or Infinity; got ${timeoutMs}`, RangeError);
+    }
     this.stopAccepting();
-    if (this.active === 0) return true;
+    if (this.active === 0 || this.state === 'closed') return true;
     return new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => {
-        this.off('idle', onIdle);
-        resolve(this.active === 0);
-      }, timeoutMs);
-      const onIdle = () => {
-        clearTimeout(timer);
-        resolve(true);
+      const finish = (ended: boolean) => {
+        this.activityWatchers.delete(check);
+        cancel();
+        resolve(ended);
       };
-      this.once('idle', onIdle);
+      // Every return to zero is followed by an activity event: look at the count then.
+      const check = () => {
+        if (this.active === 0 || this.state === 'closed') finish(true);
+      };
+      this.activityWatchers.add(check);
+      const cancel = longTimeout(timeoutMs, () => finish(this.active === 0));
     });
   }
 
   /** Closes every connection and listener and stops the threads. */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
+    if (this.state === 'closed') return;
+    this.state = 'closed';
     this.stopResolving();
+    this.closePending();
     this.engine?.close();
     this.checkActivity();
   }
 
   /** Lets the process exit while the proxy runs (like net.Server#unref). */
   unref(): this {
+    this.referenced = false;
     this.engine?.unref();
     this.resolveTimer?.unref();
     return this;
   }
 
   ref(): this {
+    this.referenced = true;
     this.engine?.ref();
+    this.resolveTimer?.ref();
     return this;
   }
 
-  private get resolveInterval(): number {
-    return this.options.resolveInterval ?? 30_000;
+  /** A failed start: closes what it owned; the proxy is closed. */
+  private fail(): void {
+    this.closePending();
+    this.state = 'closed';
+  }
+
+  private closePending(): void {
+    for (const fd of this.pending) {
+      try {
+        addon.closeFd(fd);
+      } catch {
+        // already closed by its owner: nothing left to release
+      }
+    }
+    this.pending = [];
   }
 
   private onEngineEvent(kind: EngineEvent, level: number, message: string): void {
@@ -234,17 +392,45 @@ export class SocketProxy extends EventEmitter {
     else this.emit('log', level, message);
   }
 
-  // Activity events only say "look again": the count itself is authoritative,
-  // so events from two workers arriving out of order cannot mislead us.
+  // Activity events only say "look again": the counters are the one source of
+  // truth. busyPeriods counts every time active left 0, so a whole busy period
+  // that opened and closed between two looks is still seen: one 'busy' and one
+  // 'idle' for each period, in order, whatever the timing of the events.
+  // busyPeriods is read before active: a period counted there has ended if
+  // active reads 0 afterwards.
   private checkActivity(): void {
-    const active = this.closed ? 0 : this.active;
-    if (active > 0 && !this.busy) {
-      this.busy = true;
-      this.emit('busy');
-    } else if (active === 0 && this.busy) {
-      this.busy = false;
-      this.emit('idle');
+    if (this.counters) {
+      const periods = Number(this.counters[addon.COUNTERS.busyPeriods]);
+      const active = this.state === 'closed' ? 0 : Number(this.counters[addon.COUNTERS.active]);
+      const busy = () => this.busyCount > this.idleCount;
+      const emitBusy = () => {
+        this.busyCount++;
+        this.emit('busy');
+      };
+      const emitIdle = () => {
+        this.idleCount++;
+        this.emit('idle');
+      };
+      if (active === 0) {
+        if (busy()) emitIdle();
+        while (this.busyCount < periods) {
+          emitBusy();
+          emitIdle();
+        }
+      } else if (this.busyCount < periods) {
+        // The period we last reported (if any) ended; the newest one is under way.
+        if (busy()) emitIdle();
+        while (this.busyCount < periods - 1) {
+          emitBusy();
+          emitIdle();
+        }
+        emitBusy();
+      }
+      // active > 0 with no new period counted: the worker counts it before it
+      // queues its event, so that event is still to come (or it was a client
+      // refused at a limit of 0, which never made the proxy busy).
     }
+    for (const watcher of [...this.activityWatchers]) watcher();
   }
 
   private scheduleResolve(delay: number): void {
@@ -252,17 +438,18 @@ export class SocketProxy extends EventEmitter {
       this.resolveTimer = null;
       resolveAddress(this.target).then(
         (targets) => {
-          if (this.closed || !this.engine) return;
+          if (this.state !== 'running' || !this.engine) return;
           this.engine.setTargets(targets);
-          this.scheduleResolve(this.resolveInterval);
+          this.scheduleResolve(this.config.resolveInterval);
         },
         (error) => {
-          if (this.closed) return;
+          if (this.state !== 'running') return;
           this.onResolveFailure(error);
           this.scheduleResolve(RESOLVE_RETRY_MS);
         },
       );
     }, delay);
+    if (!this.referenced) this.resolveTimer.unref();
   }
 
   private onResolveFailure(error: unknown): void {

@@ -60,8 +60,12 @@ export function isLiteral(address: Address): boolean {
 
 /** Every address the target stands for, in resolver order. */
 export async function resolveAddress(address: Address): Promise<NativeEndpoint[]> {
-  if (address.kind === 'unix') return [{ path: address.path }];
-  if (isLiteral(address)) return [{ host: address.host, port: address.port }];
+  if (address.kind === 'unix' || isLiteral(address)) return [toEndpoint(address)];
   const results = await dns.lookup(address.host, { all: true, verbatim: true });
   return results.map((r) => ({ host: r.address, port: address.port }));
+}
+
+/** The engine's form of an address (numeric host or path; a hostname needs resolveAddress first). */
+export function toEndpoint(address: Address): NativeEndpoint {
+  return address.kind === 'unix' ? { path: address.path } : { host: address.host, port: address.port };
 }
