@@ -1,7 +1,5 @@
 // Errors the library throws carry a `.code`, like Node's own: callers branch
 // on the code, never on the wording.
-import util from 'node:util';
-
 /** An Error with the `.code` every error thrown to library callers has. */
 export interface CodedError extends Error {
   code: string;
@@ -23,36 +21,13 @@ export function codedError(code: string, message: string, Kind: ErrorConstructor
   return error;
 }
 
-// glibc's strerror() texts that libuv words differently.
-const GLIBC_TEXTS: Record<string, string> = {
-  'cannot assign requested address': 'EADDRNOTAVAIL',
-  'address family not supported by protocol': 'EAFNOSUPPORT',
-  'too many open files in system': 'ENFILE',
-  'transport endpoint is already connected': 'EISCONN',
-  'no buffer space available': 'ENOBUFS',
-};
-
-let errnoByText: Map<string, string> | null = null;
-
-/** The errno name (EADDRINUSE…) whose strerror() text ends `message` ("Failed to listen on X: Address already in use"). */
-export function errnoFromMessage(message: string): string | null {
-  if (!errnoByText) {
-    errnoByText = new Map(Object.entries(GLIBC_TEXTS));
-    for (const [name, text] of util.getSystemErrorMap().values()) {
-      if (!errnoByText.has(text.toLowerCase())) errnoByText.set(text.toLowerCase(), name);
-    }
-  }
-  const colon = message.lastIndexOf(': ');
-  const tail = (colon < 0 ? message : message.slice(colon + 2)).trim().toLowerCase();
-  return errnoByText.get(tail) ?? null;
-}
-
 /**
- * Gives `error` a `.code` if it has none: the errno its message ends with,
- * else `fallback`. Returns it (an Error, whatever was thrown).
+ * Gives `error` a `.code` if it has none (the addon sets the errno's name,
+ * EADDRINUSE…, on failed system calls): `fallback` then. Returns it (an
+ * Error, whatever was thrown).
  */
 export function withCode(error: unknown, fallback: string): CodedError {
   const e = (error instanceof Error ? error : new Error(String(error))) as Partial<CodedError> & Error;
-  if (typeof e.code !== 'string' || e.code === '') e.code = errnoFromMessage(e.message) ?? fallback;
+  if (typeof e.code !== 'string' || e.code === '') e.code = fallback;
   return e as CodedError;
 }
