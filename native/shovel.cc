@@ -59,12 +59,19 @@ Shovel::Step Shovel::Read(Direction& d, Tally* tally, bool* no_pipe) {
   if (pipe.open() && pipe.bytes >= pipe.capacity) return Step::kNone;
   if (!pipe.open() && !pool_->Acquire(&pipe)) {
     int err = errno;
-    if (IsResourceShortage(err)) {
-      *no_pipe = true;
-      failure_ = ShovelFailure{"pipe for", d.to, err};
-      return Step::kNone;
+    if (!IsResourceShortage(err)) return Fail("pipe for", d.to, err);
+    // No pipe to be had: pass on what `to` takes at once, straight from the
+    // socket's queue. Waiting instead could deadlock: peers that stop reading
+    // until their own writes go through, each connection holding one pipe
+    // and needing a second.
+    if (d.to->writable) {
+      Step step = PeekThrough(d, &tally->moved);
+      if (step == Step::kProgress) ++tally->copy_reads;
+      return step;
     }
-    return Fail("pipe for", d.to, err);
+    *no_pipe = true;
+    failure_ = ShovelFailure{"pipe for", d.to, err};
+    return Step::kNone;
   }
   if (!d.from->urgent) {
     Step step = SpliceIntoPipe(d);
@@ -100,6 +107,48 @@ Shovel::Step Shovel::CopyThrough(Direction& d, size_t* moved) {
     return Fail("pipe for", d.to, errno);
   }
   return FillEmptyPipe(d, static_cast<size_t>(sent), n - static_cast<size_t>(sent));
+}
+
+// Without a pipe: a recv(MSG_PEEK) from `from`, a send to `to`, and a recv that
+// takes from `from` exactly what `to` took. Nothing is held in between, so
+// nothing needs a place to wait.
+Shovel::Step Shovel::PeekThrough(Direction& d, size_t* moved) {
+  ssize_t got = recv(d.from->fd, buffer_.get(), kCopyChunk, MSG_PEEK | MSG_DONTWAIT);
+  if (got == 0) {
+    d.eof = true;
+    return Step::kProgress;
+  }
+  if (got < 0) {
+    int err = errno;
+    if (IsWouldBlock(err)) {
+      d.from->readable = false;
+      return Step::kNone;
+    }
+    if (IsInterrupted(err)) return Step::kInterrupted;
+    return Fail("recv from", d.from, err);
+  }
+  ssize_t sent = send(d.to->fd, buffer_.get(), static_cast<size_t>(got), MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (sent < 0) {
+    int err = errno;
+    if (IsWouldBlock(err)) {
+      d.to->writable = false;
+      return Step::kNone;
+    }
+    if (IsInterrupted(err)) return Step::kInterrupted;
+    return Fail("send to", d.to, err);
+  }
+  // The peeked bytes are still queued: take exactly the `sent` of them (a
+  // UNIX peer's passed fds may split the read, hence the loop).
+  for (ssize_t taken = 0; taken < sent;) {
+    ssize_t n = recv(d.from->fd, buffer_.get(), static_cast<size_t>(sent - taken), MSG_DONTWAIT);
+    // Here, and only here, EINTR is retried on the spot: these bytes were
+    // sent already, so leaving them queued would send them twice.
+    if (n < 0 && IsInterrupted(errno)) continue;
+    if (n <= 0) return Fail("recv from", d.from, n < 0 ? errno : EIO);
+    taken += n;
+  }
+  *moved += static_cast<size_t>(sent);
+  return Step::kProgress;
 }
 
 // One splice from `from` into the direction's pipe, as much as it has room for.

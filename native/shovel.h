@@ -1,7 +1,8 @@
 // The shovel: moves one direction's bytes, from -> to, used for both
 // directions of every connection. Small messages are copied with recv + send
 // through one buffer; bulk goes socket -> pipe -> socket with splice(2) and
-// never enters user space. It reports what stopped it; the worker decides
+// never enters user space. When no pipe can be had (out of fds), bytes are
+// peeked, sent, and then taken: slower, but never stuck. It reports what stopped it; the worker decides
 // what that means for the connection (close, wait, come back later).
 #pragma once
 
@@ -60,6 +61,7 @@ class Shovel {
   ShovelResult Turn(Connection* c, Direction& d, Tally* tally);
   Step Read(Direction& d, Tally* tally, bool* no_pipe);
   Step CopyThrough(Direction& d, size_t* moved);
+  Step PeekThrough(Direction& d, size_t* moved);
   Step SpliceIntoPipe(Direction& d);
   Step RecvIntoPipe(Direction& d);
   Step ReceiveChunk(Direction& d, size_t want, size_t* n);

@@ -525,9 +525,10 @@ test('the spare-pipe cap: 100 connections of one worker each holding a pipe leav
   }
 });
 
-test('bug 9: under ulimit -n 600, after a burst of 100 bulk streams that each held a pipe, the CLI serves 256 idle clients', { timeout: 120_000 }, async () => {
+test('bug 9: under ulimit -n 600, a burst of 250 bulk streams that use up the fds holding pipes all finish, then the CLI serves 256 idle clients', { timeout: 120_000 }, async () => {
   addon.raiseFdLimit();
-  const upstream = await holdingEchoServer();
+  // Stops reading while 64 KiB wait to be echoed: its reads need the proxy to take its echo.
+  const upstream = await holdingEchoServer({ echoBuffer: 64 * KiB });
   const port = await freePort();
   // prlimit execs node: the child's pid is the proxy's.
   const child = spawn('prlimit', ['--nofile=600:600', process.execPath, CLI, `--listen=127.0.0.1:${port}`, '--workers=2', '-c', '256', upstream.target], {
@@ -543,15 +544,15 @@ test('bug 9: under ulimit -n 600, after a burst of 100 bulk streams that each he
   const idle = [];
   try {
     await waitForPort(port);
-    // The burst: every stream holds bytes in a pipe until the upstream reads.
-    // (Not 250 streams as in the issue: with every fd taken by connections that
-    // each hold one pipe and need a second, the engine stalls for good.)
-    const N = 100;
+    // The burst, the issue's 250 streams: every stream holds bytes in a pipe
+    // until the upstream reads, and the upstream reads only once its echo can
+    // be written. The fds run out with connections that each hold one pipe and
+    // need a second (for the echo): that must not stall them for good.
+    const N = 250;
     const burst = bulkEchoStreams(`127.0.0.1:${port}`, N, MiB);
     await within(burst.connected, 30_000, 'burst clients did not connect');
-    // Two sockets per connection make 2 N fds; 400 and more means pipes are held.
-    const held = await waitFor(async () => upstream.accepted() > N && (await fdCount(child.pid)) >= 4 * N, 30_000);
-    assert.ok(held, `the burst did not hold pipes: ${await fdCount(child.pid)} fds, ${upstream.accepted()} upstream connections\n${stderr}`);
+    const held = await waitFor(async () => (await fdCount(child.pid)) >= 590, 30_000);
+    assert.ok(held, `the burst did not use up the fds: ${await fdCount(child.pid)} fds, ${upstream.accepted()} upstream connections\n${stderr}`);
     await upstream.go();
     await within(burst.done, 90_000, `the burst did not finish\n${stderr}`);
 

@@ -434,6 +434,7 @@ sel = selectors.DefaultSelector()
 sel.register(srv, selectors.EVENT_READ, 'accept')
 sel.register(0, selectors.EVENT_READ, 'stdin')
 conns = {}  # socket -> [bytes to echo (bytearray), saw its end]
+echo_buffer = int(sys.argv[2])  # reads stop while this much waits to be echoed
 going = False
 accepted = 0
 print('listening', flush=True)
@@ -446,7 +447,7 @@ def arm(c):
         del conns[c]
         return
     ev = 0
-    if going and not eof and len(out) < (1 << 20):
+    if going and not eof and len(out) < echo_buffer:
         ev |= selectors.EVENT_READ
     if out:
         ev |= selectors.EVENT_WRITE
@@ -507,12 +508,14 @@ while True:
  * go(). A UNIX stream socket buffers only its sender's SO_SNDBUF (about
  * 200 KiB, no autotuning), so a connection sending a few hundred KiB more
  * than that keeps bytes in the proxy (in a pipe) until then. Each connection
- * echoes what it reads and half-closes at its end.
+ * echoes what it reads and half-closes at its end; it stops reading while
+ * `echoBuffer` bytes wait to be echoed (like a blocking echo server, with a
+ * small one).
  */
-export async function holdingEchoServer() {
+export async function holdingEchoServer({ echoBuffer = 1 << 20 } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-hold-'));
   const sock = path.join(dir, 'upstream.sock');
-  const child = spawnTool('python3', ['-c', HOLDING_ECHO_SCRIPT, sock], { stdio: ['pipe', 'pipe', 'pipe'] }, 'apt-get install -y python3');
+  const child = spawnTool('python3', ['-c', HOLDING_ECHO_SCRIPT, sock, String(echoBuffer)], { stdio: ['pipe', 'pipe', 'pipe'] }, 'apt-get install -y python3');
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
   let listening = false;
