@@ -3,6 +3,8 @@
 // flight (Pipe), each direction (Direction) and the connection itself.
 #pragma once
 
+#include <sys/epoll.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -32,11 +34,19 @@ struct Side : Watch {
   bool read_until_eagain = false;
   // Urgent (out-of-band) data was seen: splice would stop at its mark for good.
   bool urgent = false;
+  // An error (a reset) was reported: what came before it is read, then the error.
+  bool failed = false;
   Side(Connection* c, const char* n) : Watch(kSide), conn(c), name(n) {}
 
   // Readiness as epoll reports it (edge-triggered: remembered until a
   // syscall answers EAGAIN).
-  void NoteEvents(uint32_t events);
+  void NoteEvents(uint32_t events) {
+    if (events & EPOLLERR) failed = true;
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLPRI | EPOLLERR)) readable = true;
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLPRI | EPOLLERR)) read_until_eagain = true;
+    if (events & EPOLLPRI) urgent = true;
+    if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) writable = true;
+  }
 };
 
 struct Pipe {
@@ -53,7 +63,8 @@ struct Direction {
   Side* to;
   Counter counter;
   Pipe pipe;
-  bool eof = false;   // `from` ended its stream
+  bool eof = false;   // `from` ended its stream (read_error: with an error)
+  int read_error = 0;
   bool done = false;  // ...and that end reached `to` as shutdown(SHUT_WR)
   bool bulk = false;  // the last read filled its buffer: splice, don't copy
   Direction(Side* f, Side* t, Counter c) : from(f), to(t), counter(c) {}

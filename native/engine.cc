@@ -178,10 +178,15 @@ Napi::Value Engine::Start(const Napi::CallbackInfo& info) {
   // Unlimited queue: a worker never blocks on the JS thread.
   events_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "socket-proxyd", 0, 1);
   started_ = true;
-  std::string error = forwarder_->Start();
+  int error_number = 0;
+  std::string error = forwarder_->Start(&error_number);
   if (!error.empty()) {
     Shutdown();
-    ThrowWithCode(env, "ERR_ENGINE_START", error);
+    if (error_number != 0) {
+      ThrowSystemError(env, error_number, error);
+    } else {
+      Napi::Error::New(env, error).ThrowAsJavaScriptException();
+    }
   }
   return env.Undefined();
 }
@@ -193,6 +198,10 @@ Napi::Value Engine::SetTargets(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Engine::SetMaxConnections(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) {
+    ThrowInvalidType(info.Env(), "setMaxConnections(limit): limit must be a number");
+    return info.Env().Undefined();
+  }
   double limit = 0;
   Napi::Object wrapper = Napi::Object::New(info.Env());
   wrapper.Set("maxConnections", info[0]);
@@ -203,6 +212,10 @@ Napi::Value Engine::SetMaxConnections(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Engine::SetLogLevel(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) {
+    ThrowInvalidType(info.Env(), "setLogLevel(level): level must be a number");
+    return info.Env().Undefined();
+  }
   double level = 0;
   Napi::Object wrapper = Napi::Object::New(info.Env());
   wrapper.Set("logLevel", info[0]);

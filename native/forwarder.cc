@@ -17,37 +17,41 @@ Forwarder::Forwarder(ForwarderConfig config, std::atomic<uint64_t>* counters, Ev
       max_connections_(config_.max_connections),
       log_level_(config_.log_level),
       targets_(std::make_shared<const std::vector<Endpoint>>(config_.targets)) {
-  if (config_.workers == 0) config_.workers = 1;
 }
 
 Forwarder::~Forwarder() { Stop(); }
 
-std::string Forwarder::Start() {
-  if (started_) return "already started";
-  started_ = true;
+std::string Forwarder::Start(int* error_number) {
+  *error_number = 0;
   for (int fd : config_.listeners) {
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
-      return "listening socket " + std::to_string(fd) + ": " + ErrnoText(errno);
+      *error_number = errno;
+      return "listening socket " + std::to_string(fd) + ": " + ErrnoText(*error_number);
     }
   }
   workers_.reserve(config_.workers);
   for (unsigned i = 0; i < config_.workers; ++i) {
     workers_.push_back(std::make_unique<Worker>(this, i));
-    std::string error = workers_.back()->Init();
+    std::string error = workers_.back()->Init(error_number);
     if (!error.empty()) {
       Stop();
       return error;
     }
   }
   for (auto& worker : workers_) {
-    std::string error = worker->StartThread();
+    std::string error = worker->StartThread(error_number);
     if (!error.empty()) {
       Stop();
       return error;
     }
   }
   return "";
+}
+
+void Forwarder::ShrinkPipePools() {
+  pool_shrinks_.fetch_add(1, std::memory_order_release);
+  for (auto& worker : workers_) worker->Wake();
 }
 
 std::shared_ptr<const std::vector<Endpoint>> Forwarder::targets() const {
@@ -67,15 +71,20 @@ void Forwarder::Log(int level, std::string message) {
 
 bool Forwarder::AdmitConnection() {
   uint64_t limit = max_connections_.load(std::memory_order_relaxed);
-  uint64_t before = counters_[kActive].fetch_add(1, std::memory_order_acq_rel);
-  if (before >= limit) {
-    Count(kRefused, 1);
-    ReleaseConnection();  // may be the one that brings the count back to 0
-    return false;
-  }
+  // Compare-and-swap, so a refused client never raises the count even for a
+  // moment (which could hide a 0 -> 1 change from the next admitted one).
+  uint64_t before = counters_[kActive].load(std::memory_order_relaxed);
+  do {
+    if (before >= limit) {
+      Count(kRefused, 1);
+      return false;
+    }
+  } while (!counters_[kActive].compare_exchange_weak(before, before + 1, std::memory_order_acq_rel,
+                                                     std::memory_order_relaxed));
   Count(kAccepted, 1);
   if (before == 0) {
-    Count(kBusyPeriods, 1);
+    // Release: JS, having read the new period count, also sees this active count.
+    counters_[kBusyPeriods].fetch_add(1, std::memory_order_release);
     sink_->OnActivityChanged();
   }
   return true;

@@ -74,8 +74,9 @@ class Forwarder {
   Forwarder(const Forwarder&) = delete;
   Forwarder& operator=(const Forwarder&) = delete;
 
-  // Creates the epoll instances and starts the threads. "" on success.
-  std::string Start();
+  // Creates the epoll instances and starts the threads. "" on success; else
+  // what failed, with its errno in *error_number (0 if none).
+  std::string Start(int* error_number);
   void SetTargets(std::vector<Endpoint> targets);
   void SetMaxConnections(uint32_t limit) { max_connections_.store(limit, std::memory_order_relaxed); }
   void SetLogLevel(int level) { log_level_.store(level, std::memory_order_relaxed); }
@@ -103,6 +104,8 @@ class Forwarder {
   // Returns false if the limit is reached (and counts the refusal).
   bool AdmitConnection();
   void ReleaseConnection();
+  // Fds or pipe pages run short: every worker gives back its spare pipes.
+  void ShrinkPipePools();
   // A worker has left the listening sockets for good (StopAccepting, or its end).
   void OnListenersDropped();
   void CloseListenersLocked();
@@ -117,7 +120,6 @@ class Forwarder {
   std::shared_ptr<const std::vector<Endpoint>> targets_;
 
   std::vector<std::unique_ptr<Worker>> workers_;
-  bool started_ = false;
   bool stopped_ = false;
 
   // The listening sockets are closed only once no worker can refer to them:
@@ -133,6 +135,7 @@ class Forwarder {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> accepting_{true};
   std::atomic<uint64_t> ping_seq_{0};
+  std::atomic<uint64_t> pool_shrinks_{0};  // ShrinkPipePools requests so far
 
   // One "out of fds" log line per episode, not one per attempt: an episode
   // ends after a second with no shortage.

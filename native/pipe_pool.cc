@@ -14,21 +14,24 @@ PipePool::~PipePool() {
   while (!spares_.empty()) DestroySpare();
 }
 
-std::string PipePool::Init() {
+bool PipePool::Init() {
   // Made first, then released: acquiring and releasing one at a time would
   // hand the same pipe back each time.
   Pipe reserve[kReserve];
-  std::string error;
+  bool made = true;
+  int err = 0;
   for (Pipe& pipe : reserve) {
     if (!Make(&pipe)) {
-      error = "pipe2: " + ErrnoText(errno);
+      made = false;
+      err = errno;
       break;
     }
   }
   for (Pipe& pipe : reserve) {
     if (pipe.open()) Release(&pipe);  // the destructor closes the spares
   }
-  return error;
+  errno = err;
+  return made;
 }
 
 bool PipePool::Acquire(Pipe* p) {
@@ -47,10 +50,10 @@ bool PipePool::Make(Pipe* p) {
   if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return false;
   // The kernel may refuse the size (fs.pipe-max-size, or the user's
   // fs.pipe-user-pages-soft): then the pipe keeps the size it was given, and
-  // the spares, which count against the same pages, are given back.
+  // every worker gives back its spares, which count against the same pages.
   if (fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(owner_->config_.pipe_size)) < 0) {
     int err = errno;
-    ShrinkToReserve();
+    owner_->ShrinkPipePools();
     if (!owner_->pipe_size_warned_.exchange(true)) {
       owner_->Log(kLogWarning, "Pipes are smaller than " + std::to_string(owner_->config_.pipe_size) +
                                    " bytes (F_SETPIPE_SZ: " + ErrnoText(err) +

@@ -28,8 +28,8 @@ class PipePool {
   PipePool(const PipePool&) = delete;
   PipePool& operator=(const PipePool&) = delete;
 
-  // Makes the reserve. "" on success, else what failed.
-  std::string Init();
+  // Makes the reserve. False with errno set if it cannot.
+  bool Init();
   // Hands out a spare pipe, or makes one. False with errno set if none can be made.
   bool Acquire(Pipe* p);
   // A pipe whose bytes were all delivered: kept as a spare (up to the cap).

@@ -35,7 +35,16 @@ ShovelResult Shovel::Turn(Connection* c, Direction& d, Tally* tally) {
     if (write == Step::kFailed) return ShovelResult::kFailed;
     if (d.pipe.open() && d.pipe.bytes == 0) pool_->Release(&d.pipe);
 
-    if (d.eof && !d.pipe.open()) return PassEnd(c, d) == Step::kFailed ? ShovelResult::kFailed : ShovelResult::kIdle;
+    if (d.eof && !d.pipe.open()) {
+      // Everything `from` sent before its end is delivered; an end by error
+      // fails the connection now (each peer gets a reset), a clean one is
+      // passed on.
+      if (d.read_error != 0) {
+        Fail("read from", d.from, d.read_error);
+        return ShovelResult::kFailed;
+      }
+      return PassEnd(c, d) == Step::kFailed ? ShovelResult::kFailed : ShovelResult::kIdle;
+    }
     // Interrupted: readiness is unknown, not gone. Come back on the next loop
     // turn rather than retry here (an EINTR storm must not pin the thread).
     if (read == Step::kInterrupted || write == Step::kInterrupted) return ShovelResult::kYield;
@@ -64,7 +73,9 @@ Shovel::Step Shovel::Read(Direction& d, Tally* tally, bool* no_pipe) {
     // socket's queue. Waiting instead could deadlock: peers that stop reading
     // until their own writes go through, each connection holding one pipe
     // and needing a second.
-    if (d.to->writable) {
+    // (Not past urgent data: a mark arriving between peek and take could
+    // make the two disagree.)
+    if (d.to->writable && !d.from->urgent) {
       Step step = PeekThrough(d, &tally->moved);
       if (step == Step::kProgress) ++tally->copy_reads;
       return step;
@@ -118,15 +129,7 @@ Shovel::Step Shovel::PeekThrough(Direction& d, size_t* moved) {
     d.eof = true;
     return Step::kProgress;
   }
-  if (got < 0) {
-    int err = errno;
-    if (IsWouldBlock(err)) {
-      d.from->readable = false;
-      return Step::kNone;
-    }
-    if (IsInterrupted(err)) return Step::kInterrupted;
-    return Fail("recv from", d.from, err);
-  }
+  if (got < 0) return ReadFailed(d, errno);
   ssize_t sent = send(d.to->fd, buffer_.get(), static_cast<size_t>(got), MSG_DONTWAIT | MSG_NOSIGNAL);
   if (sent < 0) {
     int err = errno;
@@ -138,12 +141,13 @@ Shovel::Step Shovel::PeekThrough(Direction& d, size_t* moved) {
     return Fail("send to", d.to, err);
   }
   // The peeked bytes are still queued: take exactly the `sent` of them (a
-  // UNIX peer's passed fds may split the read, hence the loop).
+  // UNIX peer's passed fds may split the read, hence the loop). EINTR is
+  // retried on the spot here, a bounded number of times: these bytes were
+  // sent already, so leaving them queued would send them twice.
+  int interruptions = 0;
   for (ssize_t taken = 0; taken < sent;) {
     ssize_t n = recv(d.from->fd, buffer_.get(), static_cast<size_t>(sent - taken), MSG_DONTWAIT);
-    // Here, and only here, EINTR is retried on the spot: these bytes were
-    // sent already, so leaving them queued would send them twice.
-    if (n < 0 && IsInterrupted(errno)) continue;
+    if (n < 0 && IsInterrupted(errno) && ++interruptions <= kMaxInterruptions) continue;
     if (n <= 0) return Fail("recv from", d.from, n < 0 ? errno : EIO);
     taken += n;
   }
@@ -166,14 +170,12 @@ Shovel::Step Shovel::SpliceIntoPipe(Direction& d) {
     return Step::kProgress;
   }
   int err = errno;
-  if (IsWouldBlock(err)) {
+  if (IsWouldBlock(err) && pipe.bytes > 0) {
     // With bytes in the pipe, EAGAIN may mean the pipe ran out of slots
     // rather than the socket of data: keep `readable` and drain first.
-    if (pipe.bytes == 0) d.from->readable = false;
     return Step::kNone;
   }
-  if (IsInterrupted(err)) return Step::kInterrupted;
-  return Fail("splice from", d.from, err);
+  return ReadFailed(d, err);
 }
 
 // One recv from `from` into the direction's empty pipe, through the buffer:
@@ -198,15 +200,7 @@ Shovel::Step Shovel::ReceiveChunk(Direction& d, size_t want, size_t* n) {
     d.eof = true;
     return Step::kProgress;
   }
-  if (got < 0) {
-    int err = errno;
-    if (IsWouldBlock(err)) {
-      d.from->readable = false;
-      return Step::kNone;
-    }
-    if (IsInterrupted(err)) return Step::kInterrupted;
-    return Fail("recv from", d.from, err);
-  }
+  if (got < 0) return ReadFailed(d, errno);
   *n = static_cast<size_t>(got);
   if (*n == want) {
     d.bulk = true;
@@ -225,7 +219,11 @@ Shovel::Step Shovel::ReceiveChunk(Direction& d, size_t want, size_t* n) {
 // pipe, which takes them all: no more than its capacity.
 Shovel::Step Shovel::FillEmptyPipe(Direction& d, size_t offset, size_t len) {
   assert(d.pipe.open() && d.pipe.bytes == 0 && len <= d.pipe.capacity);
-  ssize_t written = write(d.pipe.write_end, buffer_.get() + offset, len);
+  ssize_t written;
+  int interruptions = 0;
+  do {
+    written = write(d.pipe.write_end, buffer_.get() + offset, len);
+  } while (written < 0 && IsInterrupted(errno) && ++interruptions <= kMaxInterruptions);
   if (written != static_cast<ssize_t>(len)) {
     // Cannot happen; never lose bytes quietly.
     return Fail("write to pipe for", d.to, written < 0 ? errno : EAGAIN);
@@ -262,6 +260,20 @@ Shovel::Step Shovel::PassEnd(Connection* c, Direction& d) {
     return Fail("shutdown", d.to, errno);
   }
   d.done = true;
+  return Step::kProgress;
+}
+
+// A read from `from` failed. EAGAIN: drained, wait for epoll. EINTR: come
+// back. Anything else (a reset): the stream from `from` ends here with an
+// error, delivered as a reset once the bytes read before it have left.
+Shovel::Step Shovel::ReadFailed(Direction& d, int err) {
+  if (IsWouldBlock(err)) {
+    d.from->readable = false;
+    return Step::kNone;
+  }
+  if (IsInterrupted(err)) return Step::kInterrupted;
+  d.eof = true;
+  d.read_error = err;
   return Step::kProgress;
 }
 

@@ -39,6 +39,9 @@ class Shovel {
   // and copying a few KiB costs less than splicing them. A full read means
   // bulk: the direction switches to splice until a small read comes again.
   static constexpr size_t kCopyChunk = 16 * 1024;
+  // Where bytes already sent must still be taken (or written to a pipe),
+  // EINTR is retried on the spot, this many times at most.
+  static constexpr int kMaxInterruptions = 64;
 
   Shovel(Forwarder* owner, PipePool* pool) : owner_(owner), pool_(pool) {}
 
@@ -68,6 +71,7 @@ class Shovel {
   Step FillEmptyPipe(Direction& d, size_t offset, size_t len);
   Step SpliceOut(Direction& d, size_t* moved);
   Step PassEnd(Connection* c, Direction& d);
+  Step ReadFailed(Direction& d, int err);
   Step Fail(const char* what, const Side* side, int err);
 
   Forwarder* owner_;

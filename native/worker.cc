@@ -41,13 +41,6 @@ bool LogThrottle::Admit(int64_t now, std::string* message) {
   return true;
 }
 
-void Side::NoteEvents(uint32_t events) {
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLPRI)) readable = true;
-  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLPRI)) read_until_eagain = true;
-  if (events & EPOLLPRI) urgent = true;
-  if (events & (EPOLLOUT | EPOLLHUP)) writable = true;
-}
-
 // ---------------------------------------------------------------------------
 // Lifecycle
 
@@ -59,30 +52,36 @@ Worker::~Worker() {
   CloseFd(epoll_fd_);
 }
 
-std::string Worker::Init() {
+std::string Worker::Init(int* error_number) {
+  auto failed = [&](const char* what) {
+    *error_number = errno;
+    return std::string(what) + ": " + ErrnoText(*error_number);
+  };
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
-  if (epoll_fd_ < 0) return "epoll_create1: " + ErrnoText(errno);
+  if (epoll_fd_ < 0) return failed("epoll_create1");
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0) return "eventfd: " + ErrnoText(errno);
+  if (wake_fd_ < 0) return failed("eventfd");
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.ptr = &wake_watch_;
-  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return "epoll_ctl(eventfd): " + ErrnoText(errno);
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return failed("epoll_ctl(eventfd)");
   for (int fd : owner_->config_.listeners) listeners_.push_back(std::make_unique<ListenerWatch>(fd));
-  std::string error = pool_.Init();
-  if (!error.empty()) return error;
-  if (!AddListeners()) return "epoll_ctl(listener): " + ErrnoText(errno);
+  if (!pool_.Init()) return failed("pipe2");
+  if (!AddListeners()) return failed("epoll_ctl(listener)");
   return "";
 }
 
-std::string Worker::StartThread() {
+std::string Worker::StartThread(int* error_number) {
   // Signals belong to the JS thread; workers never take them.
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &old);
   int err = pthread_create(&thread_, nullptr, &Worker::ThreadMain, this);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (err != 0) return "pthread_create: " + ErrnoText(err);
+  if (err != 0) {
+    *error_number = err;
+    return "pthread_create: " + ErrnoText(err);
+  }
   thread_started_ = true;
   // Named so that top -H, /proc/PID/task/*/comm and debuggers tell them apart.
   std::string name = "proxyd-wrk" + std::to_string(index_);  // at most 15 characters
@@ -151,6 +150,11 @@ void Worker::OnWake() {
   }
   owner_->counters_[kCounterCount + index_].store(owner_->ping_seq_.load(std::memory_order_acquire),
                                                   std::memory_order_release);
+  uint64_t shrinks = owner_->pool_shrinks_.load(std::memory_order_acquire);
+  if (shrinks != pool_shrinks_seen_) {
+    pool_shrinks_seen_ = shrinks;
+    pool_.ShrinkToReserve();
+  }
   if (!owner_->accepting_.load(std::memory_order_acquire) && !acked_stop_accepting_) AckStopAccepting();
 }
 
@@ -234,7 +238,7 @@ void Worker::RunTimers(int64_t now) {
   }
   if (resume_accept_at_ != 0 && now >= resume_accept_at_) {
     resume_accept_at_ = 0;
-    if (owner_->accepting_.load(std::memory_order_acquire)) AddListeners();
+    if (owner_->accepting_.load(std::memory_order_acquire)) ResumeAccepting();
   }
   pool_.Trim(now);
 }
@@ -244,7 +248,7 @@ void Worker::RunTimers(int64_t now) {
 
 // Every listener joins this worker's epoll set, or none does: a listener left
 // in the set while this worker does not accept from it would be reported
-// (level-triggered) without end. On failure the next try is scheduled.
+// (level-triggered) without end. False with errno set on failure.
 bool Worker::AddListeners() {
   for (auto& l : listeners_) {
     if (l->registered) continue;
@@ -255,16 +259,22 @@ bool Worker::AddListeners() {
     if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, l->fd, &ev) < 0) {
       int err = errno;
       DropListeners();
-      resume_accept_at_ = NowMs() + kRetryAfterShortageMs;
-      LogThrottled(&accept_resume_log_, kLogWarning,
-                   "Failed to resume accepting (epoll_ctl: " + ErrnoText(err) + "); retrying every " +
-                       std::to_string(kRetryAfterShortageMs) + " ms.");
       errno = err;
       return false;
     }
     l->registered = true;
   }
   return true;
+}
+
+// After a pause: back into the epoll set, or (ENOSPC, ENOMEM) another try later.
+void Worker::ResumeAccepting() {
+  if (AddListeners()) return;
+  int err = errno;
+  resume_accept_at_ = NowMs() + kRetryAfterShortageMs;
+  LogThrottled(&accept_resume_log_, kLogWarning,
+               "Failed to resume accepting (epoll_ctl: " + ErrnoText(err) + "); retrying every " +
+                   std::to_string(kRetryAfterShortageMs) + " ms.");
 }
 
 void Worker::DropListeners() {
@@ -280,9 +290,10 @@ void Worker::DropListeners() {
 void Worker::PauseAccepting(int err) {
   // Out of fds (or kernel memory): clients wait in the backlog. Retrying at
   // once would spin, so stop listening for a moment and try again. Spare
-  // pipes hold fds too: give them back.
+  // pipes hold fds too: every worker gives them back.
   DropListeners();
   pool_.ShrinkToReserve();
+  owner_->ShrinkPipePools();
   int64_t now = NowMs();
   resume_accept_at_ = now + kRetryAfterShortageMs;
   owner_->last_shortage_ms_.store(now, std::memory_order_relaxed);
@@ -295,6 +306,9 @@ void Worker::PauseAccepting(int err) {
 void Worker::OnListenerReadable(ListenerWatch* listener) {
   if (!listener->registered) return;  // dropped earlier in this batch
   for (int i = 0; i < kAcceptBatch; ++i) {
+    // Paused by the last client (out of fds for its upstream socket): the
+    // rest wait in the backlog.
+    if (!listener->registered) return;
     // Checked before every accept: once StopAccepting returns, no worker
     // takes another client (it stays in the backlog for the next instance).
     if (!owner_->accepting_.load(std::memory_order_acquire)) {
@@ -368,7 +382,9 @@ void Worker::ConnectNext(Connection* c, int last_error) {
     }
     // A connect that completes at once (UNIX sockets) is reported by the
     // EPOLLOUT that registration raises, like one that completes later.
-    if (connect(fd, reinterpret_cast<const sockaddr*>(&target.addr), target.len) < 0 && errno != EINPROGRESS) {
+    // EINTR: the connect goes on in the background, as with EINPROGRESS.
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&target.addr), target.len) < 0 && errno != EINPROGRESS &&
+        !IsInterrupted(errno)) {
       last_error = errno;
       CloseFd(fd);
       continue;
@@ -438,28 +454,33 @@ void Worker::OnSideEvent(Side* side, uint32_t events) {
     OnConnectResult(c, events);
     return;
   }
-  if (events & EPOLLERR) {
-    // A reset (or other error) on either side ends the whole connection.
-    int err = SocketError(side->fd);
-    if (err != 0) {
-      Fail(c, ShovelFailure{"socket error on", side, err});
-      return;
-    }
-  }
+  // A reset (or other error) ends the whole connection, but not before the
+  // bytes that came before it are delivered: the shovel reads them first
+  // (recv and splice return queued bytes before the error), then the error.
+  // So a client that sent its request and reset while the upstream was
+  // still connecting is served like that too, once it is connected.
   side->NoteEvents(events);
   if (c->connected) Pump(c);
 }
 
 void Worker::Pump(Connection* c) {
-  ShovelResult up = shovel_.Move(c, c->to_upstream);
-  if (up == ShovelResult::kFailed) return Fail(c, shovel_.failure());
-  ShovelResult down = shovel_.Move(c, c->to_client);
-  if (down == ShovelResult::kFailed) return Fail(c, shovel_.failure());
-  if (c->to_upstream.done && c->to_client.done) return Close(c, CloseHow::kEnd);
-  if ((up == ShovelResult::kYield || down == ShovelResult::kYield) && !c->ready.linked()) {
-    c->ready.AppendTo(&ready_);
+  // The direction out of a side that failed goes first, and nothing is
+  // written to that side meanwhile (it would only fail): what it sent
+  // before its error is delivered, then the error ends the connection.
+  bool upstream_first = c->upstream.failed && !c->client.failed;
+  Direction* order[2] = {upstream_first ? &c->to_client : &c->to_upstream,
+                         upstream_first ? &c->to_upstream : &c->to_client};
+  ShovelResult results[2] = {ShovelResult::kIdle, ShovelResult::kIdle};
+  for (int i = 0; i < 2; ++i) {
+    Direction& d = *order[i];
+    if (d.to->failed && !d.from->failed && !c->other(d).done) continue;
+    results[i] = shovel_.Move(c, d);
+    if (results[i] == ShovelResult::kFailed) return Fail(c, shovel_.failure());
   }
-  if ((up == ShovelResult::kNoPipe || down == ShovelResult::kNoPipe) && c->wait == Wait::kNone) {
+  if (c->to_upstream.done && c->to_client.done) return Close(c, CloseHow::kEnd);
+  auto any = [&](ShovelResult r) { return results[0] == r || results[1] == r; };
+  if (any(ShovelResult::kYield) && !c->ready.linked()) c->ready.AppendTo(&ready_);
+  if (any(ShovelResult::kNoPipe) && c->wait == Wait::kNone) {
     // The bytes stay in the socket; retried once fds may have freed up.
     PauseAccepting(shovel_.failure().err);
     StartWait(c, Wait::kPipe, NowMs() + kRetryAfterShortageMs);

@@ -47,8 +47,9 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  std::string Init();
-  std::string StartThread();
+  // "" on success; else what failed, with its errno in *error_number.
+  std::string Init(int* error_number);
+  std::string StartThread(int* error_number);
   void Wake();
   void Join();
 
@@ -72,6 +73,7 @@ class Worker {
   void OnListenerReadable(ListenerWatch* listener);
   void PauseAccepting(int err);
   bool AddListeners();
+  void ResumeAccepting();
   void DropListeners();
 
   // Connecting
@@ -106,6 +108,7 @@ class Worker {
   std::vector<std::unique_ptr<ListenerWatch>> listeners_;
   bool acked_stop_accepting_ = false;
   int64_t resume_accept_at_ = 0;  // 0: not paused
+  uint64_t pool_shrinks_seen_ = 0;  // Forwarder::pool_shrinks_ last acted on
 
   Link<Connection> all_;
   Link<Connection> connects_;      // Wait::kConnect, by deadline

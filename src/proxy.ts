@@ -176,6 +176,10 @@ export class SocketProxy extends EventEmitter {
   private engine: NativeEngine | null = null;
   private counters: BigUint64Array | null = null;
   private state: 'new' | 'starting' | 'running' | 'closed' = 'new';
+  /** stopAccepting() was called (perhaps before the engine existed). */
+  private acceptingStopped = false;
+  /** Connections open when close() cut them. */
+  private cutByClose = 0;
   /** Listening sockets start() owns and has not handed to the engine yet. */
   private pending: number[] = [];
   /** 'busy' and 'idle' events emitted so far (busy while busyCount > idleCount). */
@@ -256,6 +260,7 @@ export class SocketProxy extends EventEmitter {
     this.engine = engine;
     this.counters = engine.counters;
     this.state = 'running';
+    if (this.acceptingStopped) engine.stopAccepting();
     if (!this.referenced) engine.unref();
     if (resolveError) this.onResolveFailure(resolveError);
     if (!isLiteral(this.target)) this.scheduleResolve(resolveError ? RESOLVE_RETRY_MS : c.resolveInterval);
@@ -316,6 +321,8 @@ export class SocketProxy extends EventEmitter {
    */
   stopAccepting(): void {
     this.stopResolving();
+    // Before start() has made the engine, remembered: it will not accept.
+    this.acceptingStopped = true;
     this.engine?.stopAccepting();
   }
 
@@ -329,25 +336,30 @@ export class SocketProxy extends EventEmitter {
       throw codedError(ERR_INVALID_ARG_VALUE, `drain(timeoutMs): a number ≥ 0 or Infinity; got ${timeoutMs}`, RangeError);
     }
     this.stopAccepting();
-    if (this.active === 0 || this.state === 'closed') return true;
+    if (this.state === 'closed') return this.cutByClose === 0;
+    if (this.active === 0) return true;
     return new Promise<boolean>((resolve) => {
+      let cancel = () => {};
       const finish = (ended: boolean) => {
         this.activityWatchers.delete(check);
         cancel();
         resolve(ended);
       };
       // Every return to zero is followed by an activity event: look at the count then.
+      // close() meanwhile cuts the connections: they did not end.
       const check = () => {
-        if (this.active === 0 || this.state === 'closed') finish(true);
+        if (this.state === 'closed') finish(this.cutByClose === 0);
+        else if (this.active === 0) finish(true);
       };
       this.activityWatchers.add(check);
-      const cancel = longTimeout(timeoutMs, () => finish(this.active === 0));
+      cancel = longTimeout(timeoutMs, () => finish(this.active === 0));
     });
   }
 
   /** Closes every connection and listener and stops the threads. */
   close(): void {
     if (this.state === 'closed') return;
+    this.cutByClose = this.active;
     this.state = 'closed';
     this.stopResolving();
     this.closePending();
@@ -400,8 +412,10 @@ export class SocketProxy extends EventEmitter {
   // active reads 0 afterwards.
   private checkActivity(): void {
     if (this.counters) {
-      const periods = Number(this.counters[addon.COUNTERS.busyPeriods]);
-      const active = this.state === 'closed' ? 0 : Number(this.counters[addon.COUNTERS.active]);
+      // Atomic (ordered) loads, periods first: a worker bumps active, then
+      // periods (release), so a new period seen here comes with its active count.
+      const periods = Number(Atomics.load(this.counters, addon.COUNTERS.busyPeriods));
+      const active = this.state === 'closed' ? 0 : Number(Atomics.load(this.counters, addon.COUNTERS.active));
       const busy = () => this.busyCount > this.idleCount;
       const emitBusy = () => {
         this.busyCount++;

@@ -119,7 +119,11 @@ export class Shutdown {
   /** Waits (SocketProxy.drain) up to `ms` for the open connections, then exits 0. */
   private drainThenExit(ms: number): void {
     const proxy = this.proxy!;
-    proxy.drain(ms).then((allEnded) => {
+    proxy.drain(ms).catch((error: unknown) => {
+      // Not expected; still, a failed wait must end in an exit, not a crash.
+      this.options.logger.error(`Waiting for connections failed: ${error instanceof Error ? error.message : String(error)}`);
+      return false;
+    }).then((allEnded) => {
       if (this.exiting) return; // exit() closed the proxy, which ended the wait
       if (allEnded) {
         this.options.logger.info('All connections finished; exiting.');

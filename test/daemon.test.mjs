@@ -730,6 +730,24 @@ test('--drain-timeout bounds the wait for open connections', async () => {
   }
 });
 
+test('--drain-timeout=0: SIGTERM with a connection open closes it and exits 0 at once', async () => {
+  const upstream = await echoServer();
+  const { child, port } = await activated(['--drain-timeout=0', upstream.target]);
+  try {
+    const c = await connect(port);
+    assert.equal(await exchange(c, 'open'), 'open');
+    const done = closed(c);
+    child.kill('SIGTERM');
+    await expectExit(child, 0);
+    await within(done, 5000, 'the open connection was not closed');
+    assert.match(child.stderrText, /Closing 1 connection still open after 0\./);
+    assert.doesNotMatch(child.stderrText, /Error|at .*\.js:\d+/);
+  } finally {
+    if (alive(child)) child.kill('SIGKILL');
+    await upstream.close();
+  }
+});
+
 test('a second SIGTERM (or SIGINT) exits at once with status 0', async () => {
   const upstream = await echoServer();
   try {

@@ -312,6 +312,54 @@ test('bug 8: an upstream that sends 4 MB and resets: the client gets ECONNRESET,
   }
 });
 
+test('bug 8: an upstream that answers and resets at once: the client gets the whole answer, then ECONNRESET', { timeout: 60_000 }, async () => {
+  // The bytes and the reset arrive together (one epoll event): the bytes must
+  // still be delivered before the reset is passed on, as they would be directly.
+  const answer = pattern(64 * KiB, 84);
+  const upstream = await startServerWith({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => {});
+    s.once('data', () => s.write(answer, () => s.resetAndDestroy()));
+  });
+  try {
+    await withProxy({ target: upstream.target }, async (proxy, at) => {
+      for (let i = 0; i < 20; i++) {
+        const end = await resetAwareClient('127.0.0.1', portOf(at), 'GET\n');
+        assert.equal(end.bytes, answer.length, `round ${i}: the client got ${end.bytes} of ${answer.length} bytes, then ${end.outcome}`);
+        assert.equal(end.sha256, sha256(answer));
+        assert.equal(end.outcome, 'ECONNRESET', `round ${i}`);
+      }
+      assert.ok(await waitFor(() => proxy.stats.active === 0, 10_000));
+    });
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('bug 8: a client that sends and resets at once: the upstream gets every byte it sent', { timeout: 60_000 }, async () => {
+  const request = pattern(64 * KiB, 85);
+  const got = [];
+  const upstream = await startServerWith({ allowHalfOpen: true }, (s) => {
+    const end = closed(s);
+    got.push(end);
+  });
+  try {
+    await withProxy({ target: upstream.target }, async (proxy, at) => {
+      for (let i = 0; i < 20; i++) {
+        const client = await connectTo(at);
+        client.on('error', () => {});
+        client.write(request, () => client.resetAndDestroy());
+        assert.ok(await waitFor(() => got.length === i + 1, 10_000), `round ${i}: the upstream was not connected`);
+        const end = await within(got[i], 10_000, `round ${i}: the upstream connection was not closed`);
+        assert.equal(end.data.length, request.length, `round ${i}: the upstream got ${end.data.length} of ${request.length} bytes`);
+        assert.equal(sha256(end.data), sha256(request));
+      }
+      assert.ok(await waitFor(() => proxy.stats.active === 0, 10_000));
+    });
+  } finally {
+    await upstream.close();
+  }
+});
+
 test('bug 8: a client that resets: the upstream gets ECONNRESET, not a clean end', { timeout: 30_000 }, async () => {
   let upstreamEnd;
   let received = 0;

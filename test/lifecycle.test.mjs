@@ -154,6 +154,20 @@ test('drain(ms): true when the open connections end in time, false when they do 
     await quiet.start();
     assert.equal(await quiet.drain(0), true);
     quiet.close();
+
+    // drain(0) with a connection open: false at once (the daemon's --drain-timeout=0).
+    const hasty = new SocketProxy({ target: upstream.target, listen: ['127.0.0.1:0'], workers: 1 });
+    await hasty.start();
+    const open = await connectTo(hasty.listening[0]);
+    const openDone = closed(open);
+    open.write('w');
+    assert.ok(await waitFor(() => hasty.active === 1));
+    assert.equal(await within(hasty.drain(0), 5_000), false);
+    // close() during a drain cuts the connections: the drain did not see them end.
+    const cut = hasty.drain(30_000);
+    hasty.close();
+    assert.equal(await within(cut, 5_000), false);
+    await within(openDone, 10_000, 'close() did not close the open connection');
   } finally {
     await upstream.close();
   }
@@ -306,6 +320,22 @@ test('passed fds belong to the proxy from start() on: closed by close() during s
 
 // ---------------------------------------------------------------------------
 // Parsed addresses and setters
+
+test('stopAccepting() before start() has finished: the proxy never accepts', async () => {
+  const upstream = await echoServer();
+  try {
+    const proxy = new SocketProxy({ target: upstream.target, listen: ['127.0.0.1:0'], workers: 1 });
+    const starting = proxy.start();
+    proxy.stopAccepting();
+    await starting;
+    assert.equal(proxy.listening.length, 1);
+    assert.equal(await roundTrip(proxy.listening[0], 'hello?').catch((e) => e.code), 'ECONNREFUSED');
+    assert.equal(proxy.stats.accepted, 0);
+    proxy.close();
+  } finally {
+    await upstream.close();
+  }
+});
 
 test('target and listen as parsed Address objects forward like their strings', async () => {
   const upstream = await echoServer();
