@@ -165,15 +165,34 @@ Shovel::Step Shovel::SpliceIntoPipe(Direction& d) {
     if (static_cast<size_t>(n) < kCopyChunk) d.bulk = false;
     return Step::kProgress;
   }
-  if (n == 0) {
-    d.eof = true;
-    return Step::kProgress;
-  }
-  int err = errno;
+  int err = n == 0 ? 0 : errno;
   if (IsWouldBlock(err) && pipe.bytes > 0) {
     // With bytes in the pipe, EAGAIN may mean the pipe ran out of slots
     // rather than the socket of data: keep `readable` and drain first.
     return Step::kNone;
+  }
+  if (IsWouldBlock(err) || IsInterrupted(err)) return ReadFailed(d, err);
+  return SpliceEnded(d, err);
+}
+
+// splice answered 0 (an end) or an error. That is not always the end of the
+// bytes: tcp_read_sock stops at an urgent mark, and past a FIN or a reset it
+// then answers 0 or the error with in-band bytes still queued behind the mark
+// (urgent data and the end can come before EPOLLPRI is seen). recv steps over
+// the mark, so a peek tells: bytes left means read on with recv.
+Shovel::Step Shovel::SpliceEnded(Direction& d, int err) {
+  char byte;
+  ssize_t left = recv(d.from->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (left > 0) {
+    d.from->urgent = true;
+    return Step::kProgress;
+  }
+  if (left < 0 && IsInterrupted(errno)) return Step::kInterrupted;  // splice again, peek again
+  // The error the end was hiding (EAGAIN cannot follow an end: trust the end).
+  if (left < 0 && err == 0 && !IsWouldBlock(errno)) return ReadFailed(d, errno);
+  if (err == 0) {
+    d.eof = true;
+    return Step::kProgress;
   }
   return ReadFailed(d, err);
 }

@@ -66,6 +66,7 @@ class Shovel {
   Step CopyThrough(Direction& d, size_t* moved);
   Step PeekThrough(Direction& d, size_t* moved);
   Step SpliceIntoPipe(Direction& d);
+  Step SpliceEnded(Direction& d, int err);
   Step RecvIntoPipe(Direction& d);
   Step ReceiveChunk(Direction& d, size_t want, size_t* n);
   Step FillEmptyPipe(Direction& d, size_t offset, size_t len);

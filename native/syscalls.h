@@ -28,10 +28,11 @@ bool IsInet(int family);
 inline bool IsInterrupted(int err) { return err == EINTR; }
 inline bool IsWouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
-// This process or the kernel is out of something (fds, buffers, memory):
-// waiting helps, retrying at once does not, and the peer is not to blame.
+// This process or the kernel is out of something (fds, buffers, memory,
+// epoll watches): waiting helps, retrying at once does not, and the peer is
+// not to blame.
 inline bool IsResourceShortage(int err) {
-  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == ENOSPC;
 }
 
 // The peer or the network ended the connection: routine, logged at debug.

@@ -342,7 +342,13 @@ void Worker::OnListenerReadable(ListenerWatch* listener) {
       continue;
     }
     if (!WatchSide(&c->client)) {
-      Fail(c, ShovelFailure{"epoll_ctl(ADD)", &c->client, errno});
+      int err = errno;
+      Fail(c, ShovelFailure{"epoll_ctl(ADD)", &c->client, err});
+      // Out of epoll watches (or memory): the clients behind this one wait.
+      if (IsResourceShortage(err)) {
+        PauseAccepting(err);
+        return;
+      }
       continue;
     }
     c->targets = owner_->targets();
@@ -363,15 +369,8 @@ void Worker::ConnectNext(Connection* c, int last_error) {
     if (fd < 0) {
       last_error = errno;
       if (IsResourceShortage(last_error)) {
-        // Every address would fail alike, and so would the clients behind
-        // this one: leave those in the backlog, and this one waiting, until
-        // fds free up.
-        PauseAccepting(last_error);
-        int64_t now = NowMs();
-        if (now >= c->give_up_at) break;
-        --c->next_target;
-        StartWait(c, Wait::kSocketFds, now + kRetryAfterShortageMs);
-        return;
+        if (WaitForResources(c, last_error)) return;
+        break;
       }
       continue;
     }
@@ -393,6 +392,10 @@ void Worker::ConnectNext(Connection* c, int last_error) {
     if (!WatchSide(&c->upstream)) {
       last_error = errno;
       CloseSide(&c->upstream, CloseHow::kEnd);
+      if (IsResourceShortage(last_error)) {  // out of epoll watches: not the target's fault
+        if (WaitForResources(c, last_error)) return;
+        break;
+      }
       continue;
     }
     StartWait(c, Wait::kConnect, NowMs() + owner_->config_.connect_timeout_ms);
@@ -401,6 +404,19 @@ void Worker::ConnectNext(Connection* c, int last_error) {
   owner_->Count(kUpstreamFailed, 1);
   LogUpstreamFailure(c, last_error);
   Close(c, CloseHow::kEnd);  // like the original: the client just sees the end
+}
+
+// Out of fds (or epoll watches) for the upstream socket: every address would
+// fail alike, and so would the clients behind this one. Those stay in the
+// backlog; this one waits and tries the same address again, until its
+// connect timeout has passed (then false: give up).
+bool Worker::WaitForResources(Connection* c, int err) {
+  PauseAccepting(err);
+  int64_t now = NowMs();
+  if (now >= c->give_up_at) return false;
+  --c->next_target;
+  StartWait(c, Wait::kSocketFds, now + kRetryAfterShortageMs);
+  return true;
 }
 
 void Worker::OnConnectResult(Connection* c, uint32_t events) {

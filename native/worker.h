@@ -78,6 +78,7 @@ class Worker {
 
   // Connecting
   void ConnectNext(Connection* c, int last_error);
+  bool WaitForResources(Connection* c, int err);
   void OnConnectResult(Connection* c, uint32_t events);
   void LogUpstreamFailure(const Connection* c, int err);
 

@@ -277,6 +277,37 @@ for (const listeners of [1, 2]) {
   });
 }
 
+test('out of epoll watches for the upstream socket (epoll_ctl ENOSPC): the client waits and is served, not failed', { timeout: 60_000 }, async () => {
+  const upstream = await taggingEcho();
+  const proxy = await engineChild({ listen: [LOOPBACK], targets: [upstream.endpoint], workers: 1 });
+  let strace = null;
+  try {
+    const port = portOf(proxy.listeners[0].address);
+    (await servedClient(port, 'warm')).destroy();
+    // Per client: epoll_ctl ADD for the client, then ADD for the upstream
+    // socket. The upstream's ADD fails (max_user_watches), once.
+    strace = await straceAttach([threadId(proxy.pid, 'proxyd-wrk0')], [
+      'trace=epoll_ctl',
+      'inject=epoll_ctl:error=ENOSPC:when=2',
+    ]);
+    const c = await connectTo(`127.0.0.1:${port}`);
+    c.on('error', () => {});
+    assert.ok(await waitFor(() => /epoll_ctl\(.*ENOSPC.*\(INJECTED\)/.test(strace.output()), 10_000),
+      `the fault was not injected:\n${strace.output()}`);
+    assert.match(strace.output(), /epoll_ctl\(\d+, EPOLL_CTL_ADD[^\n]*ENOSPC[^\n]*\(INJECTED\)/);
+    assert.equal(await exchange(c, 'served anyway', 15_000), 'served anyway');
+    c.destroy();
+    const stats = await proxy.stats();
+    assert.equal(stats.upstreamFailed, 0, 'counted as a failure of the upstream');
+    await strace.stop();
+    strace = null;
+  } finally {
+    await strace?.stop();
+    await proxy.close();
+    await upstream.close();
+  }
+});
+
 // ---------------------------------------------------------------------------
 // Bug 8: a connection ended by a reset or an error is reset on the other side
 
@@ -357,6 +388,80 @@ test('bug 8: a client that sends and resets at once: the upstream gets every byt
     });
   } finally {
     await upstream.close();
+  }
+});
+
+// Bulk, one urgent (MSG_OOB) byte, a tail, then the end, in each direction:
+// prints {"ok": N, "lost": [...]} (the urgent byte itself may or may not be
+// delivered in-band; every other byte must be, and in order).
+const URGENT_THEN_END_SCRIPT = `
+import json, os, socket, sys, threading
+rounds, bulk = int(sys.argv[1]), int(sys.argv[2])
+ls = socket.socket()
+ls.bind(('127.0.0.1', 0))
+ls.listen(64)
+print(ls.getsockname()[1], flush=True)
+proxy_port = int(sys.stdin.readline())
+result = {'ok': 0, 'lost': []}
+for i in range(rounds):
+    c = socket.create_connection(('127.0.0.1', proxy_port))
+    ls.settimeout(20)
+    u, _ = ls.accept()
+    for sock in (c, u):
+        sock.settimeout(20)
+    sender, receiver = (c, u) if i % 2 == 0 else (u, c)
+    data, tail = os.urandom(bulk), os.urandom(3000)
+    got = bytearray()
+    def read():
+        try:
+            while True:
+                d = receiver.recv(1 << 20)
+                if not d:
+                    return
+                got.extend(d)
+        except OSError as e:
+            got.extend(b'<' + type(e).__name__.encode() + b'>')
+    t = threading.Thread(target=read)
+    t.start()
+    sender.sendall(data)
+    sender.send(b'X', socket.MSG_OOB)
+    sender.sendall(tail)
+    sender.shutdown(socket.SHUT_WR)
+    t.join(30)
+    g = bytes(got)
+    if g in (data + tail, data + b'X' + tail):
+        result['ok'] += 1
+    else:
+        result['lost'].append({'round': i, 'direction': 'to upstream' if i % 2 == 0 else 'to client', 'got': len(g), 'want': bulk + 3000})
+    c.close()
+    u.close()
+print(json.dumps(result), flush=True)
+`;
+
+test('urgent data followed at once by the end: every in-band byte after the mark arrives, in both directions', { timeout: 120_000 }, async () => {
+  // splice stops at the urgent mark; past a FIN it then answers 0 with bytes
+  // still queued behind the mark, which must not pass for the end.
+  const child = spawn('python3', ['-c', URGENT_THEN_END_SCRIPT, '40', String(300 * KiB)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  child.on('error', (e) => assert.fail(e.code === 'ENOENT' ? 'python3 is missing: apt-get install -y python3' : e));
+  const lines = [];
+  let buffered = '';
+  child.stdout.on('data', (d) => {
+    buffered += d;
+    const parts = buffered.split('\n');
+    buffered = parts.pop();
+    lines.push(...parts);
+  });
+  try {
+    assert.ok(await waitFor(() => lines.length >= 1, 10_000), 'the python peer did not start');
+    await withProxy({ target: `127.0.0.1:${lines[0]}` }, async (proxy, at) => {
+      child.stdin.write(`${portOf(at)}\n`);
+      assert.ok(await waitFor(() => lines.length >= 2, 100_000), 'the rounds did not finish');
+      const result = JSON.parse(lines[1]);
+      assert.deepEqual(result.lost, [], `${result.lost.length} of 40 rounds lost bytes after the urgent mark`);
+      assert.equal(result.ok, 40);
+    });
+  } finally {
+    child.kill();
   }
 });
 
