@@ -18,6 +18,7 @@ import {
   collect, connect, connectTo, echoServer, freePort, notifyReceiver, pattern, sha256, startServer, stop, waitFor, waitForPort, within,
 } from './helpers.mjs';
 import { burst, request, supervise } from './lifecycle-helpers.mjs';
+import { freezeThread } from './fault-helpers.mjs';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-daemon-'));
 after(() => fs.rmSync(TMP, { recursive: true, force: true }));
@@ -459,38 +460,14 @@ test('watchdog: WATCHDOG_USEC=200000 → WATCHDOG=1 about every 100 ms; not when
  * PTRACE_INTERRUPT act on a single thread), the way a stuck thread looks from outside.
  * Resolves {stopped, resumed} (Date.now() of each) once the thread runs again.
  */
-async function freezeThread(pid, comm, ms) {
-  const { readdirSync, readFileSync } = fs;
-  const tid = readdirSync(`/proc/${pid}/task`).find((t) => readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() === comm);
-  assert.ok(tid, `no thread named ${comm} in process ${pid}`);
-  const script = `
-import ctypes, os, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-tid, seconds = int(sys.argv[1]), float(sys.argv[2])
-def ptrace(request, name):
-    if libc.ptrace(request, tid, None, None) != 0:
-        sys.exit(name + ': ' + os.strerror(ctypes.get_errno()))
-ptrace(0x4206, 'PTRACE_SEIZE')
-ptrace(0x4207, 'PTRACE_INTERRUPT')
-os.waitpid(tid, 0x40000000)  # __WALL: the thread has stopped
-print('stopped', flush=True)
-time.sleep(seconds)
-ptrace(17, 'PTRACE_DETACH')
-print('resumed', flush=True)
-`;
-  const child = spawn('python3', ['-c', script, tid, String(ms / 1000)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  const times = {};
-  child.stdout.on('data', (d) => {
-    out += d;
-    for (const word of ['stopped', 'resumed']) if (!times[word] && out.includes(word)) times[word] = Date.now();
-  });
-  child.stderr.on('data', (d) => (err += d));
-  const [code] = await once(child, 'exit');
-  assert.equal(code, 0, `ptrace helper failed: ${err}`);
-  return times;
+async function freezeThreadFor(pid, comm, ms) {
+  const frozen = await freezeThread(pid, comm);
+  const stopped = Date.now();
+  await new Promise((resolve) => setTimeout(resolve, ms)); // the stall being simulated, not a wait for a condition
+  await frozen.resume();
+  const resumed = Date.now();
+  await frozen.close();
+  return { stopped, resumed };
 }
 
 test('watchdog: a stuck forwarding thread withholds WATCHDOG=1 until it runs again', async () => {
@@ -503,7 +480,7 @@ test('watchdog: a stuck forwarding thread withholds WATCHDOG=1 until it runs aga
   try {
     const ready = await notify.wait(/^READY=1$/m);
     await pingsAfter(notify, ready, 3);
-    const { stopped, resumed } = await freezeThread(child.pid, 'proxyd-wrk1', 4000);
+    const { stopped, resumed } = await freezeThreadFor(child.pid, 'proxyd-wrk1', 4000);
     const pings = (from, to) => notify.messages.filter((m) => m.text === 'WATCHDOG=1' && m.at > from && m.at < to).length;
     // Two ticks (200 ms) to notice, then nothing until the thread answers again; a second of
     // margin for a slow event loop.

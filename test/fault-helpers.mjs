@@ -410,6 +410,7 @@ export async function blackhole() {
   let open = true;
   return {
     port,
+    target: `127.0.0.1:${port}`,
     endpoint: { host: '127.0.0.1', port },
     close() {
       if (!open) return;

@@ -30,6 +30,7 @@ import {
   within,
   writeUntilStuck,
 } from './helpers.mjs';
+import { blackhole } from './fault-helpers.mjs';
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -71,32 +72,6 @@ async function assertServed(address, seed = 99) {
   assert.equal(reply.sha256, sha256(payload));
 }
 
-/** A TCP port on 127.0.0.1 that answers nothing: a listener (never accepted) whose accept queue is full. */
-async function blackhole() {
-  const fd = addon.bindListener({ host: '127.0.0.1', port: 0 }, 0);
-  const port = Number(addon.inspectFd(fd).address.split(':').pop());
-  const fillers = [];
-  const tryConnect = (ms) =>
-    new Promise((resolve) => {
-      const s = net.connect({ port, host: '127.0.0.1' });
-      s.on('error', () => {});
-      fillers.push(s);
-      const timer = setTimeout(() => resolve(false), ms);
-      s.once('connect', () => { clearTimeout(timer); resolve(true); });
-    });
-  // Backlog 0 still queues a connection or two; after that SYNs are dropped.
-  let filled = false;
-  for (let i = 0; i < 8 && !filled; i++) filled = !(await tryConnect(300));
-  assert.ok(filled, `could not fill the accept queue of 127.0.0.1:${port}: cannot test a connect timeout`);
-  return {
-    port,
-    target: `127.0.0.1:${port}`,
-    close() {
-      for (const s of fillers) s.destroy();
-      addon.closeFd(fd);
-    },
-  };
-}
 
 // ---------------------------------------------------------------------------
 // Targets
