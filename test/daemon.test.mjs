@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   ACTIVATE, CLI, REFERENCE, abstractEchoServer, abstractName, abstractRoundTrip, activate, activateProxy, closed,
-  collect, connect, connectTo, echoServer, freePort, notifyReceiver, pattern, sha256, startServer, stop, waitFor, waitForPort, within,
+  collect, connect, connectTo, echoServer, exchange, freePort, notifyReceiver, pattern, sha256, startServer, stop, waitFor, waitForPort, within,
 } from './helpers.mjs';
 import { burst, request, supervise } from './lifecycle-helpers.mjs';
 import { freezeThread } from './fault-helpers.mjs';
@@ -571,24 +571,6 @@ test('--exit-idle-time=1s with no clients: exits 0 about a second after start, s
   }
 });
 
-/** Writes `text` and resolves once as many bytes came back (an echo upstream). */
-async function exchange(socket, text) {
-  let got = '';
-  const reply = new Promise((resolve, reject) => {
-    const onData = (d) => {
-      got += d;
-      if (got.length >= text.length) {
-        socket.off('data', onData);
-        resolve(got);
-      }
-    };
-    socket.on('data', onData);
-    socket.once('error', reject);
-    socket.once('close', () => resolve(got));
-  });
-  socket.write(text);
-  return within(reply, 10000, `no echo of ${text}`);
-}
 
 test('--exit-idle-time: not while a connection is open; counted again from when it closes', async () => {
   const upstream = await echoServer();

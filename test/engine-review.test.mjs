@@ -19,6 +19,7 @@ import {
   closed,
   collect,
   connectTo,
+  exchange,
   fdCount,
   freePort,
   pattern,
@@ -62,23 +63,6 @@ const taggingEcho = () => {
   }).then((server) => ({ ...server, sockets, endpoint: { host: '127.0.0.1', port: server.port } }));
 };
 
-/** Writes `text` and resolves once as many bytes came back (an echo behind the proxy). */
-async function exchange(socket, text, ms = 10_000) {
-  let got = '';
-  const reply = new Promise((resolve, reject) => {
-    const onData = (d) => {
-      got += d;
-      if (got.length >= text.length) {
-        socket.off('data', onData);
-        resolve(got);
-      }
-    };
-    socket.on('data', onData);
-    socket.once('close', () => reject(new Error(`closed before the echo of ${JSON.stringify(text)} (got ${JSON.stringify(got)})`)));
-  });
-  socket.write(text);
-  return within(reply, ms, `no echo of ${JSON.stringify(text)} within ${ms} ms (got ${JSON.stringify(got)})`);
-}
 
 /** A client that is served: connects to `port` and gets its own bytes back. */
 async function servedClient(port, text) {

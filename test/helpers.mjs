@@ -459,3 +459,21 @@ while True:
     },
   };
 }
+
+/** Writes `text` and resolves once as many bytes came back (an echo behind the proxy). */
+export async function exchange(socket, text, ms = 10_000) {
+  let got = '';
+  const reply = new Promise((resolve, reject) => {
+    const onData = (d) => {
+      got += d;
+      if (got.length >= text.length) {
+        socket.off('data', onData);
+        resolve(got);
+      }
+    };
+    socket.on('data', onData);
+    socket.once('close', () => reject(new Error(`closed before the echo of ${JSON.stringify(text)} (got ${JSON.stringify(got)})`)));
+  });
+  socket.write(text);
+  return within(reply, ms, `no echo of ${JSON.stringify(text)} within ${ms} ms (got ${JSON.stringify(got)})`);
+}
