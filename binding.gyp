@@ -9,7 +9,9 @@
         "native/js_errors.cc",
         "native/net.cc",
         "native/pipe_pool.cc",
+        "native/proxy_header.cc",
         "native/shovel.cc",
+        "native/socket_options.cc",
         "native/syscalls.cc",
         "native/worker.cc"
       ],

@@ -12,6 +12,7 @@
 
 #include "forwarder.h"
 #include "list.h"
+#include "proxy_header.h"
 
 namespace proxyd {
 
@@ -77,6 +78,7 @@ enum class Wait : uint8_t {
   kConnect,     // connect() in progress; deadline: give up on this address
   kSocketFds,   // socket() failed for lack of fds; deadline: try again
   kPipe,        // no pipe could be made for lack of fds; deadline: try again
+  kRetry,       // every target refused (--connect-retry); deadline: try them again
 };
 
 struct Connection {
@@ -89,14 +91,27 @@ struct Connection {
   std::shared_ptr<const std::vector<Endpoint>> targets;
   size_t next_target = 0;
   int64_t give_up_at = 0;
+  // Connect retry: until when, the next pause, and whether a target refused
+  // in the current round of addresses.
+  int64_t retry_until = 0;
+  int retry_backoff_ms = 0;  // 0: has not waited yet
+  bool refused = false;
   Wait wait = Wait::kNone;
   int64_t deadline = 0;  // of `wait`
   bool connected = false;
   bool closed = false;
+  // The PROXY protocol header, then how much of it the upstream has taken:
+  // no client byte goes upstream before all of it.
+  uint8_t header_length = 0;
+  uint8_t header_sent = 0;
+  char header[kMaxProxyHeader];
+  int64_t last_active = 0;  // the worker's clock when a byte last moved (idle timeout)
   Link<Connection> all{this};      // every open connection of the worker
   Link<Connection> waiting{this};  // on the worker's list for `wait`
   Link<Connection> ready{this};    // ran out of budget (or was interrupted) with work left
+  Link<Connection> idle{this};     // connected: on the worker's list by last_active
 
+  bool header_pending() const { return header_sent < header_length; }
   Direction& other(const Direction& d) { return &d == &to_upstream ? to_client : to_upstream; }
 };
 

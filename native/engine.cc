@@ -85,12 +85,16 @@ void Engine::Init(Napi::Env env, Napi::Object exports) {
   counters.Set("busyPeriods", static_cast<double>(kBusyPeriods));
   counters.Set("copyReads", static_cast<double>(kCopyReads));
   counters.Set("spliceReads", static_cast<double>(kSpliceReads));
+  counters.Set("idleTimeouts", static_cast<double>(kIdleTimeouts));
+  counters.Set("retriedConnects", static_cast<double>(kRetriedConnects));
   counters.Set("firstWorkerPing", static_cast<double>(kCounterCount));
   exports.Set("COUNTERS", counters);
 }
 
 // new Engine({listeners, targets, maxConnections?, workers?, connectTimeoutMs?,
-//             pipeSize?, logLevel?})
+//             pipeSize?, logLevel?, proxyProtocol? (0 none, 1, 2), connectRetryMs?,
+//             idleTimeoutMs?, keepaliveIdle?, keepaliveInterval?, keepaliveCount?
+//             (keepalive spans in seconds; idle 0: off)})
 Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) {
@@ -123,13 +127,28 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
 
   double max_connections = config.max_connections, workers = config.workers,
          timeout = config.connect_timeout_ms, pipe_size = static_cast<double>(config.pipe_size),
-         log_level = config.log_level;
+         log_level = config.log_level, proxy_protocol = 0, retry = 0, idle_timeout = 0, keepalive_idle = 0,
+         keepalive_interval = 1, keepalive_count = 1;
+  // Keepalive spans as the kernel takes them: TCP_KEEPIDLE and TCP_KEEPINTVL
+  // up to 32767 s, TCP_KEEPCNT up to 127.
   if (!ReadInt(options, "maxConnections", 0, 4294967295.0, &max_connections) ||
       !ReadInt(options, "workers", 1, 256, &workers) ||
       !ReadInt(options, "connectTimeoutMs", 1, 2147483647.0, &timeout) ||
-      !ReadInt(options, "pipeSize", 4096, 1 << 30, &pipe_size) || !ReadInt(options, "logLevel", 0, 7, &log_level)) {
+      !ReadInt(options, "pipeSize", 4096, 1 << 30, &pipe_size) || !ReadInt(options, "logLevel", 0, 7, &log_level) ||
+      !ReadInt(options, "proxyProtocol", 0, 2, &proxy_protocol) ||
+      !ReadInt(options, "connectRetryMs", 0, 2147483647.0, &retry) ||
+      !ReadInt(options, "idleTimeoutMs", 0, 2147483647.0, &idle_timeout) ||
+      !ReadInt(options, "keepaliveIdle", 0, 32767, &keepalive_idle) ||
+      !ReadInt(options, "keepaliveInterval", 1, 32767, &keepalive_interval) ||
+      !ReadInt(options, "keepaliveCount", 1, 127, &keepalive_count)) {
     return;
   }
+  config.proxy_protocol = static_cast<ProxyProtocol>(static_cast<int>(proxy_protocol));
+  config.connect_retry_ms = static_cast<int>(retry);
+  config.idle_timeout_ms = static_cast<int>(idle_timeout);
+  config.keepalive.idle_s = static_cast<int>(keepalive_idle);
+  config.keepalive.interval_s = static_cast<int>(keepalive_interval);
+  config.keepalive.count = static_cast<int>(keepalive_count);
   config.max_connections = static_cast<uint32_t>(max_connections);
   config.workers = static_cast<unsigned>(workers);
   config.connect_timeout_ms = static_cast<int>(timeout);

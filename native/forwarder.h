@@ -15,6 +15,9 @@
 #include <string>
 #include <vector>
 
+#include "proxy_header.h"
+#include "socket_options.h"
+
 namespace proxyd {
 
 // Slots of the counter block shared with JavaScript (a BigUint64Array over the
@@ -31,6 +34,8 @@ enum Counter : unsigned {
   kBusyPeriods,      // times the active count left 0 (bumped before the activity event is sent)
   kCopyReads,        // reads that went through the copy path (recv + send)
   kSpliceReads,      // reads that went through a pipe with splice
+  kIdleTimeouts,     // connections closed (reset) by the idle timeout
+  kRetriedConnects,  // clients that waited for a refusing upstream (connect retry)
   kCounterCount,
   // followed by one slot per worker: the last watchdog ping it answered
 };
@@ -61,6 +66,12 @@ struct ForwarderConfig {
   int connect_timeout_ms = 10000;
   size_t pipe_size = 256 * 1024;
   int log_level = kLogInfo;
+  ProxyProtocol proxy_protocol = ProxyProtocol::kNone;
+  // While the target refuses, clients wait this long for it (0: fail at once).
+  int connect_retry_ms = 0;
+  // A connection with no byte moved for this long is reset (0: never).
+  int idle_timeout_ms = 0;
+  Keepalive keepalive;  // on the TCP sockets of every connection (idle 0: off)
 };
 
 class Worker;
@@ -141,6 +152,9 @@ class Forwarder {
   // ends after a second with no shortage.
   std::atomic<bool> accept_failing_{false};
   std::atomic<int64_t> last_shortage_ms_{0};
+  // One "upstream refuses, clients wait" line per episode (--connect-retry):
+  // set by the first client that waits, cleared by the first that connects.
+  std::atomic<bool> upstream_waiting_{false};
   // One "pipes are smaller than asked" log line per process.
   std::atomic<bool> pipe_size_warned_{false};
 };

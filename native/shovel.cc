@@ -13,9 +13,10 @@
 
 namespace proxyd {
 
-ShovelResult Shovel::Move(Connection* c, Direction& d) {
+ShovelResult Shovel::Move(Connection* c, Direction& d, size_t* moved) {
   Tally tally;
   ShovelResult result = Turn(c, d, &tally);
+  *moved += tally.moved;
   // Counted once per turn: the counters are shared by every worker.
   if (tally.moved > 0) owner_->Count(d.counter, static_cast<int64_t>(tally.moved));
   if (tally.copy_reads > 0) owner_->Count(kCopyReads, static_cast<int64_t>(tally.copy_reads));

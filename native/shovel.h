@@ -47,8 +47,9 @@ class Shovel {
 
   // Moves bytes from d.from to d.to until both would block, the direction is
   // finished, or its turn's budget is spent. Never takes more from `from` than
-  // the pipe holds, so a slow reader bounds what the proxy buffers.
-  ShovelResult Move(Connection* c, Direction& d);
+  // the pipe holds, so a slow reader bounds what the proxy buffers. Adds the
+  // bytes delivered to `to` to *moved.
+  ShovelResult Move(Connection* c, Direction& d, size_t* moved);
   // What failed, after kFailed (or which errno left it without a pipe, after kNoPipe).
   const ShovelFailure& failure() const { return failure_; }
 

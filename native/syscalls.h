@@ -35,6 +35,10 @@ inline bool IsResourceShortage(int err) {
   return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == ENOSPC;
 }
 
+// Nobody listens at the target (yet): a TCP port that refuses, a UNIX socket
+// path that does not exist or has no listener. --connect-retry waits these out.
+inline bool IsRefusal(int err) { return err == ECONNREFUSED || err == ENOENT; }
+
 // The peer or the network ended the connection: routine, logged at debug.
 bool IsDisconnect(int err);
 

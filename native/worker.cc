@@ -1,12 +1,12 @@
 #include "worker.h"
 
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 #include <utility>
 
@@ -22,11 +22,11 @@ constexpr int kAcceptBatch = 64;
 constexpr int kRetryAfterShortageMs = 100;
 constexpr int kShortageEpisodeGapMs = 1000;
 constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
-
-bool SetNoDelay(int fd) {
-  int one = 1;
-  return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
-}
+// --connect-retry: the first pause after every target refused, doubled after
+// each round up to the cap (a backend that takes seconds to start is tried
+// twice a second, one that takes 50 ms costs its clients little more).
+constexpr int kFirstRetryMs = 20;
+constexpr int kMaxRetryMs = 500;
 
 }  // namespace
 
@@ -119,6 +119,7 @@ void Worker::Run() {
       Log(kLogError, "epoll_wait: " + ErrnoText(errno));
       break;
     }
+    now_ = NowMs();
     for (int i = 0; i < n; ++i) HandleEvent(static_cast<Watch*>(events[i].data.ptr), events[i].events);
     RunReadyQueue();
     RunTimers(NowMs());
@@ -169,14 +170,15 @@ void Worker::AckStopAccepting() {
 }
 
 // ---------------------------------------------------------------------------
-// Timers: one list per kind of wait, each in deadline order (every entry of a
-// list waits the same span), so only the heads are looked at.
+// Timers: one list per kind of wait, each in deadline order, so only the heads
+// are looked at.
 
 Link<Connection>* Worker::WaitList(Wait wait) {
   switch (wait) {
     case Wait::kConnect: return &connects_;
     case Wait::kSocketFds: return &socket_waits_;
     case Wait::kPipe: return &pipe_waits_;
+    case Wait::kRetry: return &retries_;
     case Wait::kNone: break;
   }
   return nullptr;
@@ -186,7 +188,12 @@ void Worker::StartWait(Connection* c, Wait wait, int64_t deadline) {
   assert(c->wait == Wait::kNone && !c->waiting.linked() && wait != Wait::kNone);
   c->wait = wait;
   c->deadline = deadline;
-  c->waiting.AppendTo(WaitList(wait));
+  // Most lists wait one span for all, so the new deadline is the latest and
+  // this stops at once; retry pauses differ, and those walk back a little.
+  Link<Connection>* list = WaitList(wait);
+  Link<Connection>* before = list;
+  while (before->prev != list && before->prev->owner->deadline > deadline) before = before->prev;
+  c->waiting.AppendTo(before);  // links c in just before `before`
 }
 
 void Worker::EndWait(Connection* c) {
@@ -200,9 +207,10 @@ int Worker::NextTimeoutMs(int64_t now) const {
   auto consider = [&](int64_t at) {
     if (at != 0 && (deadline < 0 || at < deadline)) deadline = at;
   };
-  for (const Link<Connection>* list : {&connects_, &socket_waits_, &pipe_waits_}) {
+  for (const Link<Connection>* list : {&connects_, &socket_waits_, &pipe_waits_, &retries_}) {
     if (list->linked()) consider(list->first()->deadline);
   }
+  if (idle_.linked()) consider(idle_.first()->last_active + owner_->config_.idle_timeout_ms);
   consider(resume_accept_at_);
   consider(pool_.next_trim_at());
   if (deadline < 0) return -1;
@@ -216,9 +224,9 @@ void Worker::RunTimers(int64_t now) {
     CloseSide(&c->upstream, CloseHow::kEnd);
     ConnectNext(c, ETIMEDOUT);
   }
-  // Those due now are taken off first: a retry that fails again goes to the
-  // back of the list with a new deadline, and waits for it.
-  for (Link<Connection>* list : {&socket_waits_, &pipe_waits_}) {
+  // Those due now are taken off first: a retry that fails again goes back on
+  // the list with a new deadline, and waits for it.
+  for (Link<Connection>* list : {&socket_waits_, &pipe_waits_, &retries_}) {
     Link<Connection> due;
     while (list->linked() && list->first()->deadline <= now) {
       Connection* c = list->first();
@@ -227,15 +235,27 @@ void Worker::RunTimers(int64_t now) {
     }
     while (due.linked()) {
       Connection* c = due.first();
-      bool for_pipe = c->wait == Wait::kPipe;
+      Wait wait = c->wait;
       EndWait(c);
-      if (for_pipe) {
-        Pump(c);
-      } else {
-        ConnectNext(c, EMFILE);
+      switch (wait) {
+        case Wait::kPipe:
+          Pump(c);
+          break;
+        case Wait::kSocketFds:
+          ConnectNext(c, EMFILE);  // the same address again
+          break;
+        case Wait::kRetry:
+          c->targets = owner_->targets();  // the name may resolve anew meanwhile
+          ConnectNext(c, EDESTADDRREQ);
+          break;
+        case Wait::kConnect:
+        case Wait::kNone:
+          assert(false);
+          break;
       }
     }
   }
+  ExpireIdle(now);
   if (resume_accept_at_ != 0 && now >= resume_accept_at_) {
     resume_accept_at_ = 0;
     if (owner_->accepting_.load(std::memory_order_acquire)) ResumeAccepting();
@@ -337,10 +357,7 @@ void Worker::OnListenerReadable(ListenerWatch* listener) {
     auto* c = new Connection();
     c->client.fd = fd;
     c->all.AppendTo(&all_);
-    if (IsInet(peer.ss_family) && !SetNoDelay(fd)) {
-      Fail(c, ShovelFailure{"setsockopt(TCP_NODELAY)", &c->client, errno});
-      continue;
-    }
+    if (!PrepareClient(c, peer)) continue;
     if (!WatchSide(&c->client)) {
       int err = errno;
       Fail(c, ShovelFailure{"epoll_ctl(ADD)", &c->client, err});
@@ -352,9 +369,34 @@ void Worker::OnListenerReadable(ListenerWatch* listener) {
       continue;
     }
     c->targets = owner_->targets();
-    c->give_up_at = NowMs() + owner_->config_.connect_timeout_ms;
+    int64_t now = NowMs();
+    c->give_up_at = now + owner_->config_.connect_timeout_ms;
+    c->retry_until = now + owner_->config_.connect_retry_ms;
     ConnectNext(c, EDESTADDRREQ);
   }
+}
+
+// The client's socket options, and its PROXY protocol header (from the
+// addresses accept4 and getsockname give). False: the connection failed.
+bool Worker::PrepareClient(Connection* c, const sockaddr_storage& peer) {
+  const ForwarderConfig& config = owner_->config_;
+  const char* what = "";
+  if (IsInet(peer.ss_family) &&
+      (!SetNoDelay(c->client.fd, &what) ||
+       (config.keepalive.enabled() && !SetKeepalive(c->client.fd, config.keepalive, &what)))) {
+    Fail(c, ShovelFailure{what, &c->client, errno});
+    return false;
+  }
+  if (config.proxy_protocol != ProxyProtocol::kNone) {
+    sockaddr_storage local{};
+    socklen_t local_len = sizeof local;
+    if (getsockname(c->client.fd, reinterpret_cast<sockaddr*>(&local), &local_len) < 0) {
+      Fail(c, ShovelFailure{"getsockname", &c->client, errno});
+      return false;
+    }
+    c->header_length = static_cast<uint8_t>(BuildProxyHeader(config.proxy_protocol, peer, local, c->header));
+  }
+  return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -362,7 +404,9 @@ void Worker::OnListenerReadable(ListenerWatch* listener) {
 
 void Worker::ConnectNext(Connection* c, int last_error) {
   assert(!c->connected && c->upstream.fd < 0 && c->wait == Wait::kNone);
+  if (IsRefusal(last_error)) c->refused = true;
   const std::vector<Endpoint>& targets = *c->targets;
+  const ForwarderConfig& config = owner_->config_;
   while (c->next_target < targets.size()) {
     const Endpoint& target = targets[c->next_target++];
     int fd = socket(target.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -374,7 +418,9 @@ void Worker::ConnectNext(Connection* c, int last_error) {
       }
       continue;
     }
-    if (IsInet(target.addr.ss_family) && !SetNoDelay(fd)) {
+    const char* what = "";
+    if (IsInet(target.addr.ss_family) &&
+        (!SetNoDelay(fd, &what) || (config.keepalive.enabled() && !SetKeepalive(fd, config.keepalive, &what)))) {
       last_error = errno;
       CloseFd(fd);
       continue;
@@ -385,6 +431,7 @@ void Worker::ConnectNext(Connection* c, int last_error) {
     if (connect(fd, reinterpret_cast<const sockaddr*>(&target.addr), target.len) < 0 && errno != EINPROGRESS &&
         !IsInterrupted(errno)) {
       last_error = errno;
+      if (IsRefusal(last_error)) c->refused = true;
       CloseFd(fd);
       continue;
     }
@@ -398,9 +445,10 @@ void Worker::ConnectNext(Connection* c, int last_error) {
       }
       continue;
     }
-    StartWait(c, Wait::kConnect, NowMs() + owner_->config_.connect_timeout_ms);
+    StartWait(c, Wait::kConnect, NowMs() + config.connect_timeout_ms);
     return;
   }
+  if (c->refused && RetryLater(c, last_error)) return;
   owner_->Count(kUpstreamFailed, 1);
   LogUpstreamFailure(c, last_error);
   Close(c, CloseHow::kEnd);  // like the original: the client just sees the end
@@ -419,6 +467,31 @@ bool Worker::WaitForResources(Connection* c, int err) {
   return true;
 }
 
+// Every address was tried and one refused: with --connect-retry the client
+// waits (in the backlog's stead: its bytes stay in its socket) and the round
+// starts again after a pause, until the span since it came has passed. The
+// first client to wait says so, once for the whole episode.
+bool Worker::RetryLater(Connection* c, int err) {
+  int64_t now = NowMs();
+  if (owner_->config_.connect_retry_ms == 0 || now >= c->retry_until) return false;
+  if (c->retry_backoff_ms == 0) {
+    c->retry_backoff_ms = kFirstRetryMs;
+    owner_->Count(kRetriedConnects, 1);
+    if (!owner_->upstream_waiting_.exchange(true)) {
+      const std::vector<Endpoint>& targets = *c->targets;
+      Log(kLogWarning, "Upstream " + (targets.empty() ? std::string("(no address)") : targets.back().text) +
+                           " refuses connections (" + ErrnoText(err) + "); clients wait up to " +
+                           std::to_string(owner_->config_.connect_retry_ms) + " ms for it.");
+    }
+  } else {
+    c->retry_backoff_ms = std::min(2 * c->retry_backoff_ms, kMaxRetryMs);
+  }
+  c->next_target = 0;
+  c->refused = false;
+  StartWait(c, Wait::kRetry, std::min(now + c->retry_backoff_ms, c->retry_until));
+  return true;
+}
+
 void Worker::OnConnectResult(Connection* c, uint32_t events) {
   if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
   // Writable without an error or hang-up: connected. Otherwise ask why not.
@@ -433,12 +506,51 @@ void Worker::OnConnectResult(Connection* c, uint32_t events) {
     ConnectNext(c, err);
     return;
   }
+  OnConnected(c, events);
+}
+
+void Worker::OnConnected(Connection* c, uint32_t events) {
+  if (c->retry_backoff_ms != 0 && owner_->upstream_waiting_.exchange(false)) {
+    Log(kLogInfo, "Upstream " + (*c->targets)[c->next_target - 1].text + " accepts connections now.");
+  }
   c->connected = true;
   c->targets.reset();
   c->upstream.writable = true;
   // Registered before connect(): bytes that came since raised EPOLLIN already.
   c->upstream.NoteEvents(events);
+  if (owner_->config_.idle_timeout_ms > 0) {
+    c->last_active = now_;
+    c->idle.AppendTo(&idle_);
+  }
+  // The header goes first, at once: the upstream may be one that speaks first
+  // (SMTP, SSH) and the client waits for it.
+  if (c->header_pending() && !SendProxyHeader(c)) return;
   Pump(c);
+}
+
+// Sends what is left of the PROXY protocol header. Almost always all of it in
+// one send; a partial one leaves the client's bytes waiting until the rest is
+// sent (the upstream reports writable again). False: the connection failed.
+bool Worker::SendProxyHeader(Connection* c) {
+  while (c->header_pending() && c->upstream.writable) {
+    ssize_t n = send(c->upstream.fd, c->header + c->header_sent, c->header_length - c->header_sent,
+                     MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n >= 0) {
+      c->header_sent = static_cast<uint8_t>(c->header_sent + n);
+      continue;
+    }
+    int err = errno;
+    if (IsWouldBlock(err)) {
+      c->upstream.writable = false;
+    } else if (IsInterrupted(err)) {
+      if (!c->ready.linked()) c->ready.AppendTo(&ready_);  // again on the next loop turn
+      return true;
+    } else {
+      Fail(c, ShovelFailure{"send PROXY header to", &c->upstream, err});
+      return false;
+    }
+  }
+  return true;
 }
 
 void Worker::LogThrottled(LogThrottle* throttle, int level, std::string message) {
@@ -457,6 +569,9 @@ void Worker::LogUpstreamFailure(const Connection* c, int err) {
     if (targets.size() > 1) message += " (and " + std::to_string(targets.size() - 1) + " other addresses)";
     message += ": " + ErrnoText(err);
   }
+  if (c->retry_backoff_ms != 0) {
+    message += " (the client waited " + std::to_string(owner_->config_.connect_retry_ms) + " ms)";
+  }
   LogThrottled(&upstream_failure_log_, kLogWarning, std::move(message));
 }
 
@@ -470,6 +585,14 @@ void Worker::OnSideEvent(Side* side, uint32_t events) {
     OnConnectResult(c, events);
     return;
   }
+  // A client that resets while waiting for a refusing upstream (it may wait
+  // long) has given up: its place is released now. One that only ended its
+  // sending side may be half-closing and still want the reply: it waits on.
+  if (!c->connected && c->retry_backoff_ms != 0 && (events & (EPOLLERR | EPOLLHUP))) {
+    if (owner_->ShouldLog(kLogDebug)) Log(kLogDebug, "Client gave up waiting for the upstream.");
+    Close(c, CloseHow::kReset);
+    return;
+  }
   // A reset (or other error) ends the whole connection, but not before the
   // bytes that came before it are delivered: the shovel reads them first
   // (recv and splice return queued bytes before the error), then the error.
@@ -480,6 +603,7 @@ void Worker::OnSideEvent(Side* side, uint32_t events) {
 }
 
 void Worker::Pump(Connection* c) {
+  if (c->header_pending() && !SendProxyHeader(c)) return;
   // The direction out of a side that failed goes first, and nothing is
   // written to that side meanwhile (it would only fail): what it sent
   // before its error is delivered, then the error ends the connection.
@@ -487,12 +611,15 @@ void Worker::Pump(Connection* c) {
   Direction* order[2] = {upstream_first ? &c->to_client : &c->to_upstream,
                          upstream_first ? &c->to_upstream : &c->to_client};
   ShovelResult results[2] = {ShovelResult::kIdle, ShovelResult::kIdle};
+  size_t moved = 0;
   for (int i = 0; i < 2; ++i) {
     Direction& d = *order[i];
     if (d.to->failed && !d.from->failed && !c->other(d).done) continue;
-    results[i] = shovel_.Move(c, d);
+    if (&d == &c->to_upstream && c->header_pending()) continue;  // the header goes first
+    results[i] = shovel_.Move(c, d, &moved);
     if (results[i] == ShovelResult::kFailed) return Fail(c, shovel_.failure());
   }
+  if (moved > 0 && c->idle.linked()) Touch(c);
   if (c->to_upstream.done && c->to_client.done) return Close(c, CloseHow::kEnd);
   auto any = [&](ShovelResult r) { return results[0] == r || results[1] == r; };
   if (any(ShovelResult::kYield) && !c->ready.linked()) c->ready.AppendTo(&ready_);
@@ -500,6 +627,31 @@ void Worker::Pump(Connection* c) {
     // The bytes stay in the socket; retried once fds may have freed up.
     PauseAccepting(shovel_.failure().err);
     StartWait(c, Wait::kPipe, NowMs() + kRetryAfterShortageMs);
+  }
+}
+
+// A byte moved: the connection goes to the back of the idle list. Stamped
+// with the loop's clock, and moved at most once per millisecond: a few
+// pointer writes, no syscall, no timer to re-arm.
+void Worker::Touch(Connection* c) {
+  if (c->last_active == now_) return;
+  c->last_active = now_;
+  c->idle.Unlink();
+  c->idle.AppendTo(&idle_);
+}
+
+// --idle-timeout: connections with no byte moved for the span are reset on
+// both sides. Not a clean end: a transfer stalled halfway must not look
+// complete to either peer.
+void Worker::ExpireIdle(int64_t now) {
+  int64_t span = owner_->config_.idle_timeout_ms;
+  while (idle_.linked() && idle_.first()->last_active + span <= now) {
+    Connection* c = idle_.first();
+    owner_->Count(kIdleTimeouts, 1);
+    if (owner_->ShouldLog(kLogDebug)) {
+      Log(kLogDebug, "Closing connection: no byte moved for " + std::to_string(span) + " ms.");
+    }
+    Close(c, CloseHow::kReset);
   }
 }
 
@@ -561,6 +713,7 @@ void Worker::Close(Connection* c, CloseHow how) {
   c->all.Unlink();
   EndWait(c);
   c->ready.Unlink();
+  c->idle.Unlink();
   CloseSide(&c->client, how);
   CloseSide(&c->upstream, how);
   for (Direction* d : {&c->to_upstream, &c->to_client}) {

@@ -1,9 +1,11 @@
 // A worker: one thread, one epoll instance. It accepts clients from the shared
 // listening sockets, connects each to the target (every address in turn, each
-// bounded by the connect timeout), and runs the shovel for both directions
-// whenever epoll reports readiness. Waits that epoll cannot report (connect
-// timeouts, retries after running out of fds, the pipe pool's trim) are
-// deadlines on per-kind lists, handled by RunTimers.
+// bounded by the connect timeout; again and again while the target refuses,
+// with --connect-retry), sends the PROXY protocol header if asked, and runs
+// the shovel for both directions whenever epoll reports readiness. Waits that
+// epoll cannot report (connect timeouts, connect retries, retries after running
+// out of fds, idle connections, the pipe pool's trim) are deadlines on ordered
+// lists, handled by RunTimers.
 #pragma once
 
 #include <pthread.h>
@@ -71,6 +73,7 @@ class Worker {
 
   // Accepting
   void OnListenerReadable(ListenerWatch* listener);
+  bool PrepareClient(Connection* c, const sockaddr_storage& peer);
   void PauseAccepting(int err);
   bool AddListeners();
   void ResumeAccepting();
@@ -79,13 +82,18 @@ class Worker {
   // Connecting
   void ConnectNext(Connection* c, int last_error);
   bool WaitForResources(Connection* c, int err);
+  bool RetryLater(Connection* c, int err);
   void OnConnectResult(Connection* c, uint32_t events);
+  void OnConnected(Connection* c, uint32_t events);
+  bool SendProxyHeader(Connection* c);
   void LogUpstreamFailure(const Connection* c, int err);
 
   // Forwarding
   void OnSideEvent(Side* side, uint32_t events);
   void Pump(Connection* c);
   void RunReadyQueue();
+  void Touch(Connection* c);
+  void ExpireIdle(int64_t now);
 
   // Sockets in the epoll set, and closing
   bool WatchSide(Side* side);
@@ -115,6 +123,13 @@ class Worker {
   Link<Connection> connects_;      // Wait::kConnect, by deadline
   Link<Connection> socket_waits_;  // Wait::kSocketFds, by deadline
   Link<Connection> pipe_waits_;    // Wait::kPipe, by deadline
+  Link<Connection> retries_;       // Wait::kRetry, by deadline
+  // Connected connections, least recently active first (idle timeout only):
+  // a byte moved puts its connection at the back, so only the head can be due.
+  Link<Connection> idle_;
+  // The loop's clock, read once per turn: what Touch stamps, so the data path
+  // never reads a clock of its own.
+  int64_t now_ = 0;
   Link<Connection> ready_;
   std::vector<Connection*> graveyard_;  // closed; freed after the event batch
 

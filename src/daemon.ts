@@ -91,6 +91,10 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
       connectTimeout: Math.max(1, timerMs(options.connectTimeout)),
       resolveInterval: Math.max(1, timerMs(options.resolveInterval)),
       logLevel: logger.level,
+      proxyProtocol: options.proxyProtocol,
+      connectRetry: options.connectRetry,
+      idleTimeout: options.idleTimeout,
+      keepalive: options.keepalive,
     });
     shutdown.setProxy(proxy);
     proxy.on('log', (level, message) => logger.log(level, message));

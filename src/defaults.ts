@@ -35,4 +35,6 @@ export const LIMITS = {
   logLevel: { min: 0, max: 7 },
   backlog: { min: 0, max: 2 ** 31 - 1 },
   resolveInterval: { min: 1, max: MAX_TIMER_MS },
+  connectRetry: { min: 0, max: MAX_TIMER_MS },
+  idleTimeout: { min: 0, max: MAX_TIMER_MS },
 } as const;

@@ -16,6 +16,16 @@ export interface EngineOptions {
   pipeSize?: number;
   /** syslog level: 3 error, 4 warning, 6 info, 7 debug. */
   logLevel?: number;
+  /** PROXY protocol header to send upstream: 0 none, 1 (text), 2 (binary). */
+  proxyProtocol?: 0 | 1 | 2;
+  /** While every target refuses, clients wait this long for one (0: fail at once). */
+  connectRetryMs?: number;
+  /** Connections with no byte moved for this long are reset (0: never). */
+  idleTimeoutMs?: number;
+  /** TCP keepalive on both TCP sockets, in seconds (idle 0: off). */
+  keepaliveIdle?: number;
+  keepaliveInterval?: number;
+  keepaliveCount?: number;
 }
 
 export const enum EngineEvent {
@@ -66,6 +76,10 @@ export interface Addon {
     copyReads: number;
     /** Reads that went through a pipe with splice. */
     spliceReads: number;
+    /** Connections reset by the idle timeout. */
+    idleTimeouts: number;
+    /** Clients that waited for a refusing upstream (connect retry). */
+    retriedConnects: number;
     firstWorkerPing: number;
   };
   /** Creates, binds and listens a non-blocking CLOEXEC stream socket; returns its fd. */

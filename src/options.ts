@@ -7,6 +7,9 @@ import {
   DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_RESOLVE_INTERVAL_MS,
   DEFAULT_WORKERS_CAP, LIMITS, MAX_TIMER_MS,
 } from './defaults';
+import {
+  DEFAULT_KEEPALIVE_COUNT, KEEPALIVE_MAX_COUNT, MAX_DEFAULT_KEEPALIVE_INTERVAL_S, keepaliveSeconds, type KeepaliveOptions,
+} from './keepalive';
 import { parseLogLevel } from './log';
 import { parseAddress, type Address } from './target';
 import { USEC_INFINITY, USEC_PER_MSEC, formatTimespan, parseTimespan } from './timespan';
@@ -32,6 +35,14 @@ export interface CliOptions {
   connectTimeout: bigint;
   /** --resolve-interval, in µs. */
   resolveInterval: bigint;
+  /** --proxy-protocol, if given. */
+  proxyProtocol?: 'v1' | 'v2';
+  /** --connect-retry, in ms (0: off). */
+  connectRetry: number;
+  /** --idle-timeout, in ms (0: off). */
+  idleTimeout: number;
+  /** --keepalive, if given (spans in ms). */
+  keepalive?: KeepaliveOptions;
 }
 
 export type ParsedCommandLine = { action: 'help' } | { action: 'version' } | { action: 'run'; options: CliOptions };
@@ -77,6 +88,10 @@ const OPTIONS: OptionSpec[] = [
   { long: 'workers', hasArg: true, extension: true },
   { long: 'connect-timeout', hasArg: true, extension: true },
   { long: 'resolve-interval', hasArg: true, extension: true },
+  { long: 'proxy-protocol', hasArg: true, extension: true },
+  { long: 'connect-retry', hasArg: true, extension: true },
+  { long: 'idle-timeout', hasArg: true, extension: true },
+  { long: 'keepalive', hasArg: true, extension: true },
 ];
 
 export function helpText(): string {
@@ -115,6 +130,20 @@ Extensions (not in systemd-socket-proxyd):
      --resolve-interval=SPAN
                           How often a HOST name is resolved again, so new
                           connections follow DNS changes (default ${formatTimespan(DEFAULTS.resolveInterval)})
+     --proxy-protocol=v1|v2
+                          Send a PROXY protocol header with the client's
+                          address to the upstream before any client byte
+     --connect-retry=SPAN While the target refuses (not listening yet), let
+                          each client wait up to SPAN for it, retrying with
+                          a backoff of 20 ms doubling to 500 ms (default 0:
+                          close the client at once)
+     --idle-timeout=SPAN  Reset connections with no byte moved in either
+                          direction for SPAN (default infinity: never)
+     --keepalive=IDLE[,INTERVAL[,COUNT]]
+                          TCP keepalive on both TCP sockets: first probe after
+                          IDLE, then every INTERVAL (default IDLE/4, 1s-${MAX_DEFAULT_KEEPALIVE_INTERVAL_S}s),
+                          dropped after COUNT unanswered (default ${DEFAULT_KEEPALIVE_COUNT}); also
+                          TCP_USER_TIMEOUT=IDLE+INTERVAL*COUNT
 
 Listening sockets come from systemd socket activation ($LISTEN_FDS, see
 sd_listen_fds(3)); each must be a listening stream socket. Under systemd it
@@ -173,6 +202,49 @@ function spanInRange(option: string, value: string, usec: bigint, { min = 0n, fi
   return usec;
 }
 
+/** A span for the engine, in whole ms (rounded up); 0 and, if `infinityIsOff`, infinity mean off (0). */
+function spanMs(option: string, value: string, { infinityIsOff = false } = {}): number {
+  const usec = parseSpan(option, value);
+  if (usec === USEC_INFINITY && infinityIsOff) return 0;
+  const ms = (usec + USEC_PER_MSEC - 1n) / USEC_PER_MSEC;
+  if (ms > BigInt(MAX_TIMER_MS)) {
+    throw new UsageError(`--${option}= is too long (at most ${formatTimespan(BigInt(MAX_TIMER_MS) * USEC_PER_MSEC)}): ${value}`);
+  }
+  return Number(ms);
+}
+
+/** IDLE[,INTERVAL[,COUNT]]: spans (default unit: seconds) and a count. */
+function parseKeepalive(value: string): KeepaliveOptions {
+  const fail = (why = ''): never => {
+    throw new UsageError(`Failed to parse --keepalive= argument${why}: ${value}`);
+  };
+  const parts = value.split(',');
+  if (parts.length > 3 || parts.some((p) => p.trim() === '')) fail();
+  const span = (text: string): number => {
+    let usec: bigint;
+    try {
+      usec = parseTimespan(text);
+    } catch {
+      return fail();
+    }
+    if (usec === USEC_INFINITY || usec === 0n) fail(' (spans must be finite and not 0)');
+    return Number((usec + USEC_PER_MSEC - 1n) / USEC_PER_MSEC);
+  };
+  const options: KeepaliveOptions = { idle: span(parts[0]) };
+  if (parts.length > 1) options.interval = span(parts[1]);
+  if (parts.length > 2) {
+    const count = parseUnsigned(parts[2]);
+    if (count === null || count < 1 || count > KEEPALIVE_MAX_COUNT) fail(` (COUNT must be 1-${KEEPALIVE_MAX_COUNT})`);
+    options.count = count as number;
+  }
+  try {
+    keepaliveSeconds(options);
+  } catch (error) {
+    fail(` (${(error as Error).message})`);
+  }
+  return options;
+}
+
 /** Finds a long option by its name or a unique prefix, like getopt_long. */
 function findLong(name: string, given: string): OptionSpec {
   const exact = OPTIONS.find((o) => o.long === name);
@@ -204,6 +276,8 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
     drainTimeout: DEFAULTS.drainTimeout,
     connectTimeout: DEFAULTS.connectTimeout,
     resolveInterval: DEFAULTS.resolveInterval,
+    connectRetry: 0,
+    idleTimeout: 0,
   };
 
   // Applies one option; returns an action for --help/--version.
@@ -251,6 +325,20 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
         return null;
       case 'resolve-interval':
         o.resolveInterval = spanInRange(spec.long, value, parseSpan(spec.long, value), { min: USEC_PER_MSEC });
+        return null;
+      case 'proxy-protocol':
+        if (value !== 'v1' && value !== 'v2') throw new UsageError(`Failed to parse --proxy-protocol= argument (v1 or v2): ${value}`);
+        o.proxyProtocol = value;
+        return null;
+      case 'connect-retry':
+        if (parseSpan(spec.long, value) === USEC_INFINITY) throw new UsageError(`--connect-retry= must be finite: ${value}`);
+        o.connectRetry = spanMs(spec.long, value);
+        return null;
+      case 'idle-timeout':
+        o.idleTimeout = spanMs(spec.long, value, { infinityIsOff: true });
+        return null;
+      case 'keepalive':
+        o.keepalive = parseKeepalive(value);
         return null;
       default:
         throw new Error(`unhandled option --${spec.long}`);

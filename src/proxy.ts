@@ -11,12 +11,14 @@ import {
   ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE, ERR_PROXY_CLOSED, ERR_PROXY_STARTED, ERR_PROXY_START_FAILED,
   codedError, withCode,
 } from './errors';
+import { keepaliveSeconds, type KeepaliveOptions, type KeepaliveSeconds } from './keepalive';
 import { LogLevel } from './log';
 import { addon, EngineEvent, type NativeEndpoint, type NativeEngine } from './native';
 import { longTimeout } from './timers';
 import { formatAddress, isLiteral, parseAddress, resolveAddress, toEndpoint, type Address } from './target';
 
 export { LogLevel };
+export type { KeepaliveOptions };
 
 export interface SocketProxyOptions {
   /**
@@ -42,6 +44,20 @@ export interface SocketProxyOptions {
   logLevel?: number;
   /** listen(2) backlog for sockets bound from `listen`. Default 4096. */
   backlog?: number;
+  /**
+   * Send a PROXY protocol header (HAProxy's proxy-protocol.txt) to the upstream before any client
+   * byte: the client's address and port, and the address and port it connected to. Default: none.
+   */
+  proxyProtocol?: 'v1' | 'v2';
+  /**
+   * While every target address refuses (a backend still starting), clients wait and the connection
+   * is retried, until this many ms have passed since the client came. Default 0: fail at once.
+   */
+  connectRetry?: number;
+  /** Reset connections with no byte moved in either direction for this many ms. Default 0: never. */
+  idleTimeout?: number;
+  /** TCP keepalive (and TCP_USER_TIMEOUT) on both TCP sockets of every connection. Default: off. */
+  keepalive?: KeepaliveOptions;
 }
 
 export interface ProxyStats {
@@ -63,6 +79,10 @@ export interface ProxyStats {
   copyReads: number;
   /** Reads that went through a pipe with splice (bulk). */
   spliceReads: number;
+  /** Connections reset because no byte moved for `idleTimeout`. */
+  idleTimeouts: number;
+  /** Clients that waited for a refusing upstream (`connectRetry`). */
+  retriedConnects: number;
 }
 
 const RESOLVE_RETRY_MS = 1000;
@@ -94,6 +114,10 @@ interface ProxyConfig {
   resolveInterval: number;
   logLevel: number;
   backlog: number;
+  proxyProtocol: 0 | 1 | 2;
+  connectRetry: number;
+  idleTimeout: number;
+  keepalive: KeepaliveSeconds | null;
 }
 
 type Limit = { readonly min: number; readonly max: number };
@@ -167,7 +191,40 @@ function checkOptions(options: SocketProxyOptions): ProxyConfig {
     resolveInterval: integerOption(options, 'resolveInterval', DEFAULT_RESOLVE_INTERVAL_MS),
     logLevel: integerOption(options, 'logLevel', LogLevel.info),
     backlog: integerOption(options, 'backlog', DEFAULT_BACKLOG),
+    proxyProtocol: checkProxyProtocol(options.proxyProtocol),
+    connectRetry: integerOption(options, 'connectRetry', 0),
+    idleTimeout: integerOption(options, 'idleTimeout', 0),
+    keepalive: checkKeepalive(options.keepalive),
   };
+}
+
+function checkProxyProtocol(value: unknown): 0 | 1 | 2 {
+  if (value === undefined) return 0;
+  if (value === 'v1') return 1;
+  if (value === 'v2') return 2;
+  const type = typeof value === 'string' ? RangeError : TypeError;
+  throw codedError(
+    type === RangeError ? ERR_INVALID_ARG_VALUE : ERR_INVALID_ARG_TYPE,
+    `options.proxyProtocol must be 'v1' or 'v2'; got ${String(value)}`,
+    type,
+  );
+}
+
+function checkKeepalive(value: unknown): KeepaliveSeconds | null {
+  if (value === undefined) return null;
+  const k = value as Partial<Record<keyof KeepaliveOptions, unknown>> | null;
+  if (k === null || typeof k !== 'object' || typeof k.idle !== 'number' ||
+      (k.interval !== undefined && typeof k.interval !== 'number') ||
+      (k.count !== undefined && typeof k.count !== 'number')) {
+    throw codedError(
+      ERR_INVALID_ARG_TYPE, 'options.keepalive must be {idle, interval?, count?} (spans in ms, count a number)', TypeError,
+    );
+  }
+  try {
+    return keepaliveSeconds(k as KeepaliveOptions);
+  } catch (error) {
+    throw codedError(ERR_INVALID_ARG_VALUE, `options.keepalive.${(error as Error).message}`, RangeError);
+  }
 }
 
 export class SocketProxy extends EventEmitter {
@@ -244,6 +301,14 @@ export class SocketProxy extends EventEmitter {
         connectTimeoutMs: c.connectTimeout,
         pipeSize: c.pipeSize,
         logLevel: c.logLevel,
+        proxyProtocol: c.proxyProtocol,
+        connectRetryMs: c.connectRetry,
+        idleTimeoutMs: c.idleTimeout,
+        ...(c.keepalive && {
+          keepaliveIdle: c.keepalive.idle,
+          keepaliveInterval: c.keepalive.interval,
+          keepaliveCount: c.keepalive.count,
+        }),
       });
     } catch (error) {
       this.fail();
@@ -282,6 +347,8 @@ export class SocketProxy extends EventEmitter {
       pipesPooled: read(K.pipesPooled),
       copyReads: read(K.copyReads),
       spliceReads: read(K.spliceReads),
+      idleTimeouts: read(K.idleTimeouts),
+      retriedConnects: read(K.retriedConnects),
     };
   }
 

@@ -26,6 +26,7 @@ export class StatusReporter {
     const parts = [`${s.active} of ${this.maxConnections} connections open`, `${s.accepted} served`];
     if (s.refused) parts.push(`${s.refused} refused at the limit`);
     if (s.upstreamFailed) parts.push(`${s.upstreamFailed} failed to connect`);
+    if (s.idleTimeouts) parts.push(`${s.idleTimeouts} closed idle`);
     return `${this.stopping ? 'Stopping' : 'Forwarding'} to ${this.target}: ${parts.join(', ')}`;
   }
 
