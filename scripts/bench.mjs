@@ -42,6 +42,11 @@ const PROXIES = [
   { id: 'systemd', name: 'systemd-socket-proxyd' },
   { id: 'ours', name: 'socket-proxyd' },
   { id: 'baseline', name: 'socket-proxyd (baseline addon)' },
+  // socket-proxyd with one feature on, against 'ours' without it (issue 9's rows): only on the
+  // request/response workloads, where a per-connection or per-transfer cost would show.
+  { id: 'ours-pp2', name: 'socket-proxyd --proxy-protocol=v2', args: ['--proxy-protocol=v2'], only: ['keepalive-1k', 'newconn'] },
+  { id: 'ours-idle', name: 'socket-proxyd --idle-timeout=5min', args: ['--idle-timeout=5min'], only: ['keepalive-1k', 'newconn'] },
+  { id: 'ours-ka', name: 'socket-proxyd --keepalive=60s', args: ['--keepalive=60s'], only: ['keepalive-1k', 'newconn'] },
   { id: 'haproxy', name: 'HAProxy (tcp, splice-auto)' },
   { id: 'socat', name: 'socat' },
   { id: 'node', name: 'Node net pipe' },
@@ -139,8 +144,10 @@ const runBulk = wantW('bulk') || wantW('cpu');
 const runBulkR = wantW('bulk-reverse') || wantW('cpu');
 const proxiesFor = (wid) => {
   const w = WORKLOADS.find((x) => x.id === wid);
-  return selectedProxies.filter((p) => !w.proxies || w.proxies.includes(p));
+  const only = (p) => PROXIES.find((x) => x.id === p).only;
+  return selectedProxies.filter((p) => (!w.proxies || w.proxies.includes(p)) && (!only(p) || only(p).includes(wid)));
 };
+const FEATURE_VARIANTS = PROXIES.filter((p) => p.args).map((p) => p.id);
 
 // ---------------------------------------------------------------------------------------------------
 // Processes: every child gets its own process group, and all of them are killed on any exit.
@@ -362,6 +369,7 @@ async function startNginx() {
   fs.writeFileSync(path.join(www, '1m'), Buffer.alloc(1024 * 1024, 'b'));
   for (const d of [tmpDir, dir, www]) fs.chmodSync(d, 0o755); // workers run as nobody when started as root
   const port = await freePort();
+  const proxyPort = await freePort(); // the same site behind PROXY protocol, for --proxy-protocol
   const conf = `worker_processes 1;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
@@ -384,12 +392,18 @@ http {
     root ${www};
     location / { }
   }
+  server {
+    listen 127.0.0.1:${proxyPort} backlog=4096 proxy_protocol;
+    root ${www};
+    location / { }
+  }
 }
 `;
   fs.writeFileSync(path.join(dir, 'nginx.conf'), conf);
   const child = startChild('nginx', ['-p', dir, '-e', path.join(dir, 'error.log'), '-c', path.join(dir, 'nginx.conf'), '-g', 'daemon off;']);
   await waitListening(port, child, 'nginx');
-  return { port, child };
+  await waitListening(proxyPort, child, 'nginx (proxy_protocol)');
+  return { port, proxyPort, child };
 }
 
 async function startSink() {
@@ -437,8 +451,12 @@ async function startProxy(id, upstreamPort, { unprivileged = false } = {}) {
       break;
     case 'ours':
     case 'baseline':
+    case 'ours-pp2':
+    case 'ours-idle':
+    case 'ours-ka':
       cmd = 'systemd-socket-activate';
-      args = ['-l', listen, process.execPath, path.join(ROOT, 'bin', 'socket-proxyd'), '--connections-max=60000', target];
+      args = ['-l', listen, process.execPath, path.join(ROOT, 'bin', 'socket-proxyd'), '--connections-max=60000',
+        ...(PROXIES.find((p) => p.id === id).args ?? []), target];
       // systemd-socket-activate passes its child only the variables named with -E
       if (id === 'baseline') args.unshift(`-ESOCKET_PROXYD_ADDON=${BASELINE_ADDON}`);
       break;
@@ -490,7 +508,7 @@ backend out
   await waitListening(port, child, name);
   // Warm up: socket activation execs the proxy on the first connection. Hold one connection until the
   // proxy runs (exe is no longer systemd-socket-activate), so no measurement pays for its start.
-  const ourCli = id === 'ours' || id === 'baseline';
+  const ourCli = id === 'ours' || id === 'baseline' || FEATURE_VARIANTS.includes(id);
   const activated = id === 'systemd' || ourCli;
   await tryConnect(port, activated ? 300 : 50);
   if (activated) {
@@ -681,6 +699,28 @@ function buildReport(env, samples, notes, cmdline) {
     }
     out.push('');
   }
+  const variants = FEATURE_VARIANTS.filter((id) => selectedProxies.includes(id));
+  if (variants.length && selectedProxies.includes('ours')) {
+    out.push('Options (socket-proxyd with the option against socket-proxyd without it, same run; target within 5%):');
+    out.push('');
+    for (const r of rows) {
+      for (const id of variants) {
+        if (!(id in r.cells)) continue;
+        const v = r.cells[id], base = r.cells.ours;
+        const name = PROXIES.find((p) => p.id === id).name.replace('socket-proxyd ', '');
+        if (v == null || base == null) {
+          targets.push({ row: r.id, label: `${r.label}, ${name}`, value: v, ref: base, met: null });
+          out.push(`- ? — ${r.label}, ${name}: not measured`);
+          continue;
+        }
+        const ratio = v / base;
+        const met = r.better === 'higher' ? ratio >= 0.95 : ratio <= 1.05;
+        targets.push({ row: r.id, label: `${r.label}, ${name}`, value: v, ref: base, met });
+        out.push(`- ${met ? 'MET' : 'MISSED'} — ${r.label}, ${name}: ${ratio.toFixed(3)}× (${FMT[r.fmt](v)} against ${FMT[r.fmt](base)})`);
+      }
+    }
+    out.push('');
+  }
   if (notes.length) {
     out.push('Notes:');
     out.push('');
@@ -747,7 +787,8 @@ async function main() {
   addNeed('sink', ['bulk300'], { unprivileged: true });
   for (const [kind, p, o] of need) {
     log(`bench: starting ${PROXIES.find((x) => x.id === p).name} → ${kind}${o?.unprivileged ? ' (as nobody)' : ''}`);
-    inst[`${kind}/${p}`] = await startProxy(p, up[kind].port, o);
+    // --proxy-protocol needs an upstream that expects the header.
+    inst[`${kind}/${p}`] = await startProxy(p, p === 'ours-pp2' ? up[kind].proxyPort : up[kind].port, o);
   }
 
   const samples = {}; // row id -> proxy -> [values]

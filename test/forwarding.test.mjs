@@ -603,6 +603,7 @@ test("counters count what was sent; 'busy' and 'idle' fire on 0→1 and back to 
       assert.deepEqual(start, {
         active: 0, accepted: 0, refused: 0, upstreamFailed: 0,
         bytesToUpstream: 0, bytesToClient: 0, pipesInUse: 0, copyReads: 0, spliceReads: 0,
+        idleTimeouts: 0, retriedConnects: 0,
       });
 
       // One connection at a time: busy, idle, busy, idle.
