@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "histograms.h"
 #include "js_errors.h"
 #include "net.h"
 
@@ -13,7 +14,7 @@ namespace {
 static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t) && std::atomic<uint64_t>::is_always_lock_free,
               "counters must be plain 64-bit words for the BigUint64Array view");
 
-enum EventKind { kActivityEvent = 0, kLogEvent = 1 };
+enum EventKind { kActivityEvent = 0, kLogEvent = 1, kAccessLogEvent = 2 };
 
 struct Event {
   EventKind kind;
@@ -87,14 +88,40 @@ void Engine::Init(Napi::Env env, Napi::Object exports) {
   counters.Set("spliceReads", static_cast<double>(kSpliceReads));
   counters.Set("idleTimeouts", static_cast<double>(kIdleTimeouts));
   counters.Set("retriedConnects", static_cast<double>(kRetriedConnects));
-  counters.Set("firstWorkerPing", static_cast<double>(kCounterCount));
+  counters.Set("upstreamRefused", static_cast<double>(kUpstreamRefused));
+  counters.Set("upstreamTimeout", static_cast<double>(kUpstreamTimeout));
+  counters.Set("upstreamUnreachable", static_cast<double>(kUpstreamUnreachable));
+  counters.Set("upstreamNoAddress", static_cast<double>(kUpstreamNoAddress));
+  counters.Set("closedClientEnd", static_cast<double>(kClosedClientEnd));
+  counters.Set("closedUpstreamEnd", static_cast<double>(kClosedUpstreamEnd));
+  counters.Set("closedClientReset", static_cast<double>(kClosedClientReset));
+  counters.Set("closedUpstreamReset", static_cast<double>(kClosedUpstreamReset));
+  counters.Set("closedError", static_cast<double>(kClosedError));
+  counters.Set("closedDrain", static_cast<double>(kClosedDrain));
+  counters.Set("firstWorkerPing", static_cast<double>(WorkerPingSlot(0)));
   exports.Set("COUNTERS", counters);
+
+  // {connect: {first, bounds}, duration: {...}}: bounds in seconds; the slots
+  // from `first`: one per bucket (bounds.length + 1, not cumulative), the
+  // count, the sum in microseconds.
+  Napi::Object histograms = Napi::Object::New(env);
+  for (const HistogramSpec& spec : kHistograms) {
+    Napi::Object h = Napi::Object::New(env);
+    Napi::Array bounds = Napi::Array::New(env, spec.bound_count);
+    for (size_t i = 0; i < spec.bound_count; ++i) {
+      bounds.Set(static_cast<uint32_t>(i), static_cast<double>(spec.bounds_us[i]) / 1e6);
+    }
+    h.Set("first", static_cast<double>(spec.first_slot));
+    h.Set("bounds", bounds);
+    histograms.Set(spec.name, h);
+  }
+  exports.Set("HISTOGRAMS", histograms);
 }
 
 // new Engine({listeners, targets, maxConnections?, workers?, connectTimeoutMs?,
 //             pipeSize?, logLevel?, proxyProtocol? (0 none, 1, 2), connectRetryMs?,
 //             idleTimeoutMs?, keepaliveIdle?, keepaliveInterval?, keepaliveCount?
-//             (keepalive spans in seconds; idle 0: off)})
+//             (keepalive spans in seconds; idle 0: off), accessLog?})
 Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) {
@@ -149,13 +176,21 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
   config.keepalive.idle_s = static_cast<int>(keepalive_idle);
   config.keepalive.interval_s = static_cast<int>(keepalive_interval);
   config.keepalive.count = static_cast<int>(keepalive_count);
+  Napi::Value access_log = options.Get("accessLog");
+  if (!access_log.IsUndefined()) {
+    if (!access_log.IsBoolean()) {
+      ThrowInvalidType(env, "option accessLog must be a boolean");
+      return;
+    }
+    config.access_log = access_log.As<Napi::Boolean>().Value();
+  }
   config.max_connections = static_cast<uint32_t>(max_connections);
   config.workers = static_cast<unsigned>(workers);
   config.connect_timeout_ms = static_cast<int>(timeout);
   config.pipe_size = static_cast<size_t>(pipe_size);
   config.log_level = static_cast<int>(log_level);
 
-  Napi::BigUint64Array counters = Napi::BigUint64Array::New(env, kCounterCount + config.workers);
+  Napi::BigUint64Array counters = Napi::BigUint64Array::New(env, WorkerPingSlot(config.workers));
   counters_ = reinterpret_cast<std::atomic<uint64_t>*>(counters.Data());
   for (size_t i = 0; i < counters.ElementLength(); ++i) new (&counters_[i]) std::atomic<uint64_t>(0);
   counters_ref_ = Napi::Reference<Napi::BigUint64Array>::New(counters, 1);
@@ -180,6 +215,11 @@ void Engine::OnActivityChanged() {
 
 void Engine::OnLog(int level, std::string message) {
   auto* event = new Event{kLogEvent, level, std::move(message)};
+  if (events_.NonBlockingCall(event, DeliverEvent) != napi_ok) delete event;
+}
+
+void Engine::OnAccessLog(std::string lines) {
+  auto* event = new Event{kAccessLogEvent, kLogInfo, std::move(lines)};
   if (events_.NonBlockingCall(event, DeliverEvent) != napi_ok) delete event;
 }
 

@@ -36,8 +36,22 @@ enum Counter : unsigned {
   kSpliceReads,      // reads that went through a pipe with splice
   kIdleTimeouts,     // connections closed (reset) by the idle timeout
   kRetriedConnects,  // clients that waited for a refusing upstream (connect retry)
+  // kUpstreamFailed by cause (the rest: other causes)
+  kUpstreamRefused,      // nothing listening (ECONNREFUSED; a UNIX path missing)
+  kUpstreamTimeout,      // no answer within the connect timeout
+  kUpstreamUnreachable,  // no route, network down, address not available
+  kUpstreamNoAddress,    // the target name resolved to nothing (yet)
+  // Connections closed, by cause (with kIdleTimeouts and kUpstreamFailed,
+  // every accepted connection ends in exactly one of them)
+  kClosedClientEnd,      // both directions ended cleanly, the client's first
+  kClosedUpstreamEnd,    // ... the upstream's first
+  kClosedClientReset,    // a reset or error on the client's side
+  kClosedUpstreamReset,  // ... on the upstream's side
+  kClosedError,          // a failure of the proxy's own
+  kClosedDrain,          // cut because the engine closed
   kCounterCount,
-  // followed by one slot per worker: the last watchdog ping it answered
+  // followed by the latency histograms (histograms.h), then one slot per
+  // worker: the last watchdog ping it answered
 };
 
 enum LogLevel : int { kLogError = 3, kLogWarning = 4, kLogInfo = 6, kLogDebug = 7 };
@@ -56,6 +70,8 @@ class EventSink {
   // The active count went from 0 to 1 or from 1 to 0: JS re-reads it.
   virtual void OnActivityChanged() = 0;
   virtual void OnLog(int level, std::string message) = 0;
+  // A batch of access log lines, joined by '\n'.
+  virtual void OnAccessLog(std::string lines) = 0;
 };
 
 struct ForwarderConfig {
@@ -72,6 +88,7 @@ struct ForwarderConfig {
   // A connection with no byte moved for this long is reset (0: never).
   int idle_timeout_ms = 0;
   Keepalive keepalive;  // on the TCP sockets of every connection (idle 0: off)
+  bool access_log = false;
 };
 
 class Worker;
@@ -104,9 +121,11 @@ class Forwarder {
   friend class Worker;
   friend class PipePool;
   friend class Shovel;
+  friend class AccessLog;
 
   std::shared_ptr<const std::vector<Endpoint>> targets() const;
   void Log(int level, std::string message);
+  void DeliverAccessLog(std::string lines) { sink_->OnAccessLog(std::move(lines)); }
   bool ShouldLog(int level) const { return level <= log_level_.load(std::memory_order_relaxed); }
   // Adds `n` (may be negative) to a shared counter.
   void Count(Counter counter, int64_t n) {

@@ -26,6 +26,8 @@ Napi::Value ThrowErrno(Napi::Env env, int err, const std::string& context) {
   return env.Undefined();
 }
 
+}  // namespace
+
 std::string FormatAddress(const sockaddr_storage& addr, socklen_t len) {
   char host[INET6_ADDRSTRLEN] = "";
   switch (addr.ss_family) {
@@ -50,6 +52,8 @@ std::string FormatAddress(const sockaddr_storage& addr, socklen_t len) {
       return "";
   }
 }
+
+namespace {
 
 const char* FamilyName(int family) {
   switch (family) {
