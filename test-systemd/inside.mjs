@@ -305,7 +305,7 @@ defineCase('reference', "The first example with /lib/systemd/systemd-socket-prox
     }, 20_000);
     c.show('after the restart', JSON.stringify(restarted));
     const failed = await journal('_PID=1', `UNIT=${unit}`);
-    c.check("PID 1: \"Failed with result 'timeout'\", the process killed with SIGTERM, scheduled restart",
+    c.check("PID 1: \"Failed with result 'timeout'\", then \"Scheduled restart job\"",
       failed.some((e) => /Failed with result 'timeout'/.test(e.MESSAGE)) && failed.some((e) => /Scheduled restart job/.test(e.MESSAGE)),
       failed.map((e) => e.MESSAGE));
     c.check('Restart=on-failure starts it again, and again it is only "activating (start)"', restarted.ActiveState === 'activating', restarted);
