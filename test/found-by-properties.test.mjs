@@ -37,3 +37,14 @@ test('found: a host with ":" that is not an IPv6 address is refused, not accepte
   assert.equal(r.code, 1, r.stderr);
   assert.match(r.stderr, /^Failed to parse target "a\.aa::1": .+\n$/);
 });
+
+test('found: a bad value with a newline in it is still one line on stderr', async () => {
+  for (const argv of [['--exit-idle-time=1\nx', '127.0.0.1:9'], ['--listen=1.2.3.4:9\n9', '127.0.0.1:9'], ['127.0.0.1:\n9']]) {
+    const r = await run(argv);
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stderr.split('\n').length, 2, `${JSON.stringify(argv)}: ${JSON.stringify(r.stderr)}`);
+    // Under systemd the whole message keeps its error priority (a second line would be logged as info).
+    const j = await run(argv, { JOURNAL_STREAM: 'x' });
+    assert.equal(j.stderr.split('\n').length, 2, JSON.stringify(j.stderr));
+  }
+});
