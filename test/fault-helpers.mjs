@@ -653,7 +653,7 @@ export async function resetAwareClient(host, port, text, options = {}) {
 
 const OUTCOME_ECHO_SCRIPT = `
 import errno, json, select, socket, sys, threading, time
-host, half_open = sys.argv[1], sys.argv[2] == '1'
+host, half_open = sys.argv[1], sys.argv[2]  # '': never; '*': always; else a prefix of the first bytes
 srv = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((host, int(sys.argv[3])))
@@ -677,7 +677,7 @@ def serve(c, peer):
             n += len(d)
             c.sendall(d)
             say(received=peer, first=first.decode('latin-1'), bytes=n)
-        if half_open:
+        if half_open == '*' or (half_open and first.startswith(half_open.encode())):
             # The client's end came; ours is never sent: wait for a reset (POLLERR/POLLHUP).
             p = select.poll()
             p.register(c, select.POLLERR | select.POLLHUP)
@@ -701,7 +701,8 @@ while True:
  * An echo upstream (python3, one thread per connection) that reports how each
  * connection ended: 'EOF', 'ECONNRESET', … (Node cannot always tell a reset
  * from an end, see resetAwareClient). With halfOpen it never ends its own
- * side after the client's end (the connection stays half-closed until reset).
+ * side after the client's end (the connection stays half-closed until reset);
+ * halfOpen may be a string: only connections whose first bytes start with it.
  * Listens on host:port (port 0: any; `wrapper` an argv prefix, e.g. `ip netns
  * exec NAME`). Resolves {port, target, ended (list of {first (the first 64
  * bytes it read), outcome, bytes}), received(first) (resolves once a
@@ -709,7 +710,8 @@ while True:
  * end(first, ms) (resolves that connection's end), close()}.
  */
 export async function outcomeEchoServer({ host = '127.0.0.1', port = 0, halfOpen = false, wrapper = [] } = {}) {
-  const argv = [...wrapper, 'python3', '-c', OUTCOME_ECHO_SCRIPT, host, halfOpen ? '1' : '0', String(port)];
+  const mode = halfOpen === true ? '*' : halfOpen || '';
+  const argv = [...wrapper, 'python3', '-c', OUTCOME_ECHO_SCRIPT, host, mode, String(port)];
   const child = spawnTool(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }, 'apt-get install -y python3');
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));

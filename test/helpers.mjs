@@ -306,11 +306,14 @@ export async function abstractListening(name) {
   return table.split('\n').some((line) => line.endsWith(` ${name}`) && line.split(/\s+/)[3] === '00010000');
 }
 
-/** True once something listens on TCP `port` (any address, IPv4 or IPv6), read from /proc/net/tcp{,6}. */
-export async function tcpListening(port) {
+/**
+ * True once something listens on TCP `port` (any address, IPv4 or IPv6), read
+ * from /proc/net/tcp{,6}; in the network namespace of process `pid` if given.
+ */
+export async function tcpListening(port, pid = 'self') {
   const { readFile } = await import('node:fs/promises');
   const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+  for (const table of [`/proc/${pid}/net/tcp`, `/proc/${pid}/net/tcp6`]) {
     // Columns: sl local_address(ADDR:PORT, hex) rem_address st(0A = LISTEN) …
     const rows = (await readFile(table, 'utf8')).split('\n').slice(1).map((l) => l.trim().split(/\s+/));
     if (rows.some((r) => r[1]?.endsWith(hex) && r[3] === '0A')) return true;
