@@ -3,9 +3,12 @@
     {
       "target_name": "socket_proxyd",
       "sources": [
+        "native/access_log.cc",
         "native/addon.cc",
+        "native/datagram.cc",
         "native/engine.cc",
         "native/forwarder.cc",
+        "native/histograms.cc",
         "native/js_errors.cc",
         "native/net.cc",
         "native/pipe_pool.cc",

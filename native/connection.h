@@ -3,11 +3,14 @@
 // flight (Pipe), each direction (Direction) and the connection itself.
 #pragma once
 
+#include <errno.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "forwarder.h"
@@ -18,7 +21,7 @@ namespace proxyd {
 
 // What an epoll event's data.ptr points at.
 struct Watch {
-  enum Kind : uint8_t { kWake, kListener, kSide } kind;
+  enum Kind : uint8_t { kWake, kListener, kSide, kDatagramListener, kSession } kind;
   explicit Watch(Kind k) : kind(k) {}
 };
 
@@ -68,6 +71,7 @@ struct Direction {
   int read_error = 0;
   bool done = false;  // ...and that end reached `to` as shutdown(SHUT_WR)
   bool bulk = false;  // the last read filled its buffer: splice, don't copy
+  uint64_t bytes = 0;  // delivered to `to` so far
   Direction(Side* f, Side* t, Counter c) : from(f), to(t), counter(c) {}
 };
 
@@ -80,6 +84,51 @@ enum class Wait : uint8_t {
   kPipe,        // no pipe could be made for lack of fds; deadline: try again
   kRetry,       // every target refused (--connect-retry); deadline: try them again
 };
+
+// How a connection ended: the access log's end= and the closed-by-cause counters.
+enum class EndCause : uint8_t {
+  kClientEnd,       // both directions ended cleanly, the client's first
+  kUpstreamEnd,     // ... the upstream's first
+  kClientReset,     // a reset or error on the client's side (also: it gave up waiting)
+  kUpstreamReset,   // ... on the upstream's side
+  kError,           // a failure of the proxy's own, not a peer's
+  kDrain,           // cut because the engine closed
+  kIdleTimeout,     // no byte moved for --idle-timeout
+  kConnectFailed,   // no target address connected
+};
+
+// What the access log needs to know about a connection beyond the engine's
+// own state: kept only while the log is on.
+struct AccessInfo {
+  sockaddr_storage peer{};
+  socklen_t peer_len = 0;
+  sockaddr_storage local{};
+  socklen_t local_len = 0;
+  std::string upstream;  // the address connected to, or the last one tried
+};
+
+// Why no target address connected (the failure counters and the access log's
+// connect-failed:REASON), from the last address's errno.
+enum class ConnectFailure : uint8_t { kRefused, kTimeout, kUnreachable, kNoAddress, kOther };
+
+inline ConnectFailure ClassifyConnectFailure(int err, bool no_address) {
+  if (no_address) return ConnectFailure::kNoAddress;
+  switch (err) {
+    case ECONNREFUSED:
+    case ENOENT:  // a UNIX socket path with nothing there
+      return ConnectFailure::kRefused;
+    case ETIMEDOUT:
+      return ConnectFailure::kTimeout;
+    case ENETUNREACH:
+    case EHOSTUNREACH:
+    case ENETDOWN:
+    case EHOSTDOWN:
+    case EADDRNOTAVAIL:
+      return ConnectFailure::kUnreachable;
+    default:
+      return ConnectFailure::kOther;
+  }
+}
 
 struct Connection {
   Side client{this, "client"};
@@ -106,6 +155,10 @@ struct Connection {
   uint8_t header_sent = 0;
   char header[kMaxProxyHeader];
   int64_t last_active = 0;  // the worker's clock when a byte last moved (idle timeout)
+  int64_t accepted_us = 0;   // for the latency histograms and the access log
+  int64_t connected_us = 0;
+  const Side* ended_first = nullptr;  // whose clean end came first
+  std::unique_ptr<AccessInfo> access;  // only while the access log is on
   Link<Connection> all{this};      // every open connection of the worker
   Link<Connection> waiting{this};  // on the worker's list for `wait`
   Link<Connection> ready{this};    // ran out of budget (or was interrupted) with work left

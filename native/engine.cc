@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "histograms.h"
 #include "js_errors.h"
 #include "net.h"
 
@@ -13,7 +14,7 @@ namespace {
 static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t) && std::atomic<uint64_t>::is_always_lock_free,
               "counters must be plain 64-bit words for the BigUint64Array view");
 
-enum EventKind { kActivityEvent = 0, kLogEvent = 1 };
+enum EventKind { kActivityEvent = 0, kLogEvent = 1, kAccessLogEvent = 2 };
 
 struct Event {
   EventKind kind;
@@ -42,6 +43,25 @@ bool ReadInt(Napi::Object options, const char* name, double min, double max, dou
     return ThrowInvalidValue(options.Env(), expected);
   }
   *out = number;
+  return true;
+}
+
+// Reads an array of file descriptors (`optional`: may be left out).
+bool ReadFds(Napi::Object options, const char* name, bool optional, std::vector<int>* out) {
+  Napi::Value value = options.Get(name);
+  if (optional && value.IsUndefined()) return true;
+  std::string expected = std::string("option ") + name + " must be an array of file descriptors";
+  if (!value.IsArray()) return ThrowInvalidType(options.Env(), expected);
+  Napi::Array array = value.As<Napi::Array>();
+  for (uint32_t i = 0; i < array.Length(); ++i) {
+    Napi::Value fd = array.Get(i);
+    if (!fd.IsNumber()) return ThrowInvalidType(options.Env(), expected);
+    double number = fd.As<Napi::Number>().DoubleValue();
+    if (!(number >= 0 && number <= 2147483647.0) || number != static_cast<double>(static_cast<int32_t>(number))) {
+      return ThrowInvalidValue(options.Env(), expected);
+    }
+    out->push_back(fd.As<Napi::Number>().Int32Value());
+  }
   return true;
 }
 
@@ -87,14 +107,53 @@ void Engine::Init(Napi::Env env, Napi::Object exports) {
   counters.Set("spliceReads", static_cast<double>(kSpliceReads));
   counters.Set("idleTimeouts", static_cast<double>(kIdleTimeouts));
   counters.Set("retriedConnects", static_cast<double>(kRetriedConnects));
-  counters.Set("firstWorkerPing", static_cast<double>(kCounterCount));
+  counters.Set("upstreamRefused", static_cast<double>(kUpstreamRefused));
+  counters.Set("upstreamTimeout", static_cast<double>(kUpstreamTimeout));
+  counters.Set("upstreamUnreachable", static_cast<double>(kUpstreamUnreachable));
+  counters.Set("upstreamNoAddress", static_cast<double>(kUpstreamNoAddress));
+  counters.Set("closedClientEnd", static_cast<double>(kClosedClientEnd));
+  counters.Set("closedUpstreamEnd", static_cast<double>(kClosedUpstreamEnd));
+  counters.Set("closedClientReset", static_cast<double>(kClosedClientReset));
+  counters.Set("closedUpstreamReset", static_cast<double>(kClosedUpstreamReset));
+  counters.Set("closedError", static_cast<double>(kClosedError));
+  counters.Set("closedDrain", static_cast<double>(kClosedDrain));
+  counters.Set("udpSessions", static_cast<double>(kUdpSessions));
+  counters.Set("udpSessionsOpened", static_cast<double>(kUdpSessionsOpened));
+  counters.Set("udpSessionsExpired", static_cast<double>(kUdpSessionsExpired));
+  counters.Set("udpSessionsEvicted", static_cast<double>(kUdpSessionsEvicted));
+  counters.Set("udpDatagramsToUpstream", static_cast<double>(kUdpDatagramsToUpstream));
+  counters.Set("udpDatagramsToClient", static_cast<double>(kUdpDatagramsToClient));
+  counters.Set("udpBytesToUpstream", static_cast<double>(kUdpBytesToUpstream));
+  counters.Set("udpBytesToClient", static_cast<double>(kUdpBytesToClient));
+  counters.Set("udpDropped", static_cast<double>(kUdpDropped));
+  counters.Set("udpUpstreamRefused", static_cast<double>(kUdpUpstreamRefused));
+  counters.Set("open", static_cast<double>(kOpen));
+  counters.Set("firstWorkerPing", static_cast<double>(WorkerPingSlot(0)));
   exports.Set("COUNTERS", counters);
+
+  // {connect: {first, bounds}, duration: {...}}: bounds in seconds; the slots
+  // from `first`: one per bucket (bounds.length + 1, not cumulative), the
+  // count, the sum in microseconds.
+  Napi::Object histograms = Napi::Object::New(env);
+  for (const HistogramSpec& spec : kHistograms) {
+    Napi::Object h = Napi::Object::New(env);
+    Napi::Array bounds = Napi::Array::New(env, spec.bound_count);
+    for (size_t i = 0; i < spec.bound_count; ++i) {
+      bounds.Set(static_cast<uint32_t>(i), static_cast<double>(spec.bounds_us[i]) / 1e6);
+    }
+    h.Set("first", static_cast<double>(spec.first_slot));
+    h.Set("bounds", bounds);
+    histograms.Set(spec.name, h);
+  }
+  exports.Set("HISTOGRAMS", histograms);
 }
 
 // new Engine({listeners, targets, maxConnections?, workers?, connectTimeoutMs?,
 //             pipeSize?, logLevel?, proxyProtocol? (0 none, 1, 2), connectRetryMs?,
 //             idleTimeoutMs?, keepaliveIdle?, keepaliveInterval?, keepaliveCount?
-//             (keepalive spans in seconds; idle 0: off)})
+//             (keepalive spans in seconds; idle 0: off), accessLog?,
+//             datagramListeners? (bound UDP socket fds, owned from now on),
+//             udpTimeoutMs?, udpSessionsMax?})
 Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) {
@@ -104,31 +163,17 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
   Napi::Object options = info[0].As<Napi::Object>();
   ForwarderConfig config;
 
-  Napi::Value listeners = options.Get("listeners");
-  if (!listeners.IsArray()) {
-    ThrowInvalidType(env, "option listeners must be an array of file descriptors");
+  if (!ReadFds(options, "listeners", false, &config.listeners) ||
+      !ReadFds(options, "datagramListeners", true, &config.datagram_listeners)) {
     return;
-  }
-  Napi::Array listener_array = listeners.As<Napi::Array>();
-  for (uint32_t i = 0; i < listener_array.Length(); ++i) {
-    Napi::Value fd = listener_array.Get(i);
-    if (!fd.IsNumber()) {
-      ThrowInvalidType(env, "option listeners must be an array of file descriptors");
-      return;
-    }
-    double number = fd.As<Napi::Number>().DoubleValue();
-    if (!(number >= 0 && number <= 2147483647.0) || number != static_cast<double>(static_cast<int32_t>(number))) {
-      ThrowInvalidValue(env, "option listeners must be an array of file descriptors");
-      return;
-    }
-    config.listeners.push_back(fd.As<Napi::Number>().Int32Value());
   }
   if (!ReadEndpoints(options.Get("targets"), &config.targets)) return;
 
   double max_connections = config.max_connections, workers = config.workers,
          timeout = config.connect_timeout_ms, pipe_size = static_cast<double>(config.pipe_size),
          log_level = config.log_level, proxy_protocol = 0, retry = 0, idle_timeout = 0, keepalive_idle = 0,
-         keepalive_interval = 1, keepalive_count = 1;
+         keepalive_interval = 1, keepalive_count = 1, udp_timeout = config.udp_timeout_ms,
+         udp_sessions_max = config.udp_sessions_max;
   // Keepalive spans as the kernel takes them: TCP_KEEPIDLE and TCP_KEEPINTVL
   // up to 32767 s, TCP_KEEPCNT up to 127.
   if (!ReadInt(options, "maxConnections", 0, 4294967295.0, &max_connections) ||
@@ -140,22 +185,34 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
       !ReadInt(options, "idleTimeoutMs", 0, 2147483647.0, &idle_timeout) ||
       !ReadInt(options, "keepaliveIdle", 0, 32767, &keepalive_idle) ||
       !ReadInt(options, "keepaliveInterval", 1, 32767, &keepalive_interval) ||
-      !ReadInt(options, "keepaliveCount", 1, 127, &keepalive_count)) {
+      !ReadInt(options, "keepaliveCount", 1, 127, &keepalive_count) ||
+      !ReadInt(options, "udpTimeoutMs", 1, 2147483647.0, &udp_timeout) ||
+      !ReadInt(options, "udpSessionsMax", 1, 4294967295.0, &udp_sessions_max)) {
     return;
   }
+  config.udp_timeout_ms = static_cast<int>(udp_timeout);
+  config.udp_sessions_max = static_cast<uint32_t>(udp_sessions_max);
   config.proxy_protocol = static_cast<ProxyProtocol>(static_cast<int>(proxy_protocol));
   config.connect_retry_ms = static_cast<int>(retry);
   config.idle_timeout_ms = static_cast<int>(idle_timeout);
   config.keepalive.idle_s = static_cast<int>(keepalive_idle);
   config.keepalive.interval_s = static_cast<int>(keepalive_interval);
   config.keepalive.count = static_cast<int>(keepalive_count);
+  Napi::Value access_log = options.Get("accessLog");
+  if (!access_log.IsUndefined()) {
+    if (!access_log.IsBoolean()) {
+      ThrowInvalidType(env, "option accessLog must be a boolean");
+      return;
+    }
+    config.access_log = access_log.As<Napi::Boolean>().Value();
+  }
   config.max_connections = static_cast<uint32_t>(max_connections);
   config.workers = static_cast<unsigned>(workers);
   config.connect_timeout_ms = static_cast<int>(timeout);
   config.pipe_size = static_cast<size_t>(pipe_size);
   config.log_level = static_cast<int>(log_level);
 
-  Napi::BigUint64Array counters = Napi::BigUint64Array::New(env, kCounterCount + config.workers);
+  Napi::BigUint64Array counters = Napi::BigUint64Array::New(env, WorkerPingSlot(config.workers));
   counters_ = reinterpret_cast<std::atomic<uint64_t>*>(counters.Data());
   for (size_t i = 0; i < counters.ElementLength(); ++i) new (&counters_[i]) std::atomic<uint64_t>(0);
   counters_ref_ = Napi::Reference<Napi::BigUint64Array>::New(counters, 1);
@@ -180,6 +237,11 @@ void Engine::OnActivityChanged() {
 
 void Engine::OnLog(int level, std::string message) {
   auto* event = new Event{kLogEvent, level, std::move(message)};
+  if (events_.NonBlockingCall(event, DeliverEvent) != napi_ok) delete event;
+}
+
+void Engine::OnAccessLog(std::string lines) {
+  auto* event = new Event{kAccessLogEvent, kLogInfo, std::move(lines)};
   if (events_.NonBlockingCall(event, DeliverEvent) != napi_ok) delete event;
 }
 

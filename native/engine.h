@@ -22,6 +22,7 @@ class Engine : public Napi::ObjectWrap<Engine>, public EventSink {
   // EventSink, called on worker threads.
   void OnActivityChanged() override;
   void OnLog(int level, std::string message) override;
+  void OnAccessLog(std::string lines) override;
 
  private:
   Napi::Value Start(const Napi::CallbackInfo& info);

@@ -31,13 +31,40 @@ enum Counter : unsigned {
   kBytesToClient,    // bytes forwarded upstream -> client
   kPipesInUse,       // pipes held by connections with bytes in flight
   kPipesPooled,      // spare pipes kept by the workers
-  kBusyPeriods,      // times the active count left 0 (bumped before the activity event is sent)
+  kBusyPeriods,      // times kOpen left 0 (bumped before the activity event is sent)
   kCopyReads,        // reads that went through the copy path (recv + send)
   kSpliceReads,      // reads that went through a pipe with splice
   kIdleTimeouts,     // connections closed (reset) by the idle timeout
   kRetriedConnects,  // clients that waited for a refusing upstream (connect retry)
+  // kUpstreamFailed by cause (the rest: other causes)
+  kUpstreamRefused,      // nothing listening (ECONNREFUSED; a UNIX path missing)
+  kUpstreamTimeout,      // no answer within the connect timeout
+  kUpstreamUnreachable,  // no route, network down, address not available
+  kUpstreamNoAddress,    // the target name resolved to nothing (yet)
+  // Connections closed, by cause (with kIdleTimeouts and kUpstreamFailed,
+  // every accepted connection ends in exactly one of them)
+  kClosedClientEnd,      // both directions ended cleanly, the client's first
+  kClosedUpstreamEnd,    // ... the upstream's first
+  kClosedClientReset,    // a reset or error on the client's side
+  kClosedUpstreamReset,  // ... on the upstream's side
+  kClosedError,          // a failure of the proxy's own
+  kClosedDrain,          // cut because the engine closed
+  // Datagram forwarding
+  kUdpSessions,             // sessions open now
+  kUdpSessionsOpened,
+  kUdpSessionsExpired,      // ended by --udp-timeout
+  kUdpSessionsEvicted,      // ended to make room (--udp-sessions-max)
+  kUdpDatagramsToUpstream,
+  kUdpDatagramsToClient,
+  kUdpBytesToUpstream,
+  kUdpBytesToClient,
+  kUdpDropped,              // not forwarded: a full socket, no session to be had
+  kUdpUpstreamRefused,      // ICMP port unreachable from the upstream
+  // Connections and sessions open: what 'busy'/'idle' and --exit-idle-time follow
+  kOpen,
   kCounterCount,
-  // followed by one slot per worker: the last watchdog ping it answered
+  // followed by the latency histograms (histograms.h), then one slot per
+  // worker: the last watchdog ping it answered
 };
 
 enum LogLevel : int { kLogError = 3, kLogWarning = 4, kLogInfo = 6, kLogDebug = 7 };
@@ -56,10 +83,13 @@ class EventSink {
   // The active count went from 0 to 1 or from 1 to 0: JS re-reads it.
   virtual void OnActivityChanged() = 0;
   virtual void OnLog(int level, std::string message) = 0;
+  // A batch of access log lines, joined by '\n'.
+  virtual void OnAccessLog(std::string lines) = 0;
 };
 
 struct ForwarderConfig {
   std::vector<int> listeners;  // listening sockets; the forwarder owns them
+  std::vector<int> datagram_listeners;  // bound UDP sockets; owned too
   std::vector<Endpoint> targets;
   uint32_t max_connections = 256;
   unsigned workers = 1;
@@ -72,6 +102,9 @@ struct ForwarderConfig {
   // A connection with no byte moved for this long is reset (0: never).
   int idle_timeout_ms = 0;
   Keepalive keepalive;  // on the TCP sockets of every connection (idle 0: off)
+  bool access_log = false;
+  int udp_timeout_ms = 30000;
+  uint32_t udp_sessions_max = 4096;
 };
 
 class Worker;
@@ -104,9 +137,12 @@ class Forwarder {
   friend class Worker;
   friend class PipePool;
   friend class Shovel;
+  friend class AccessLog;
+  friend class DatagramForwarder;
 
   std::shared_ptr<const std::vector<Endpoint>> targets() const;
   void Log(int level, std::string message);
+  void DeliverAccessLog(std::string lines) { sink_->OnAccessLog(std::move(lines)); }
   bool ShouldLog(int level) const { return level <= log_level_.load(std::memory_order_relaxed); }
   // Adds `n` (may be negative) to a shared counter.
   void Count(Counter counter, int64_t n) {
@@ -115,6 +151,9 @@ class Forwarder {
   // Returns false if the limit is reached (and counts the refusal).
   bool AdmitConnection();
   void ReleaseConnection();
+  // A connection or session opened / closed: kOpen, busy periods, activity events.
+  void OpenActivity();
+  void CloseActivity();
   // Fds or pipe pages run short: every worker gives back its spare pipes.
   void ShrinkPipePools();
   // A worker has left the listening sockets for good (StopAccepting, or its end).

@@ -19,6 +19,9 @@ std::string ParseUnixEndpoint(const std::string& path, Endpoint* out);
 // and returns false.
 bool EndpointFromJs(const Napi::Value& value, Endpoint* out);
 
+// "127.0.0.1:80", "[::1]:80", "/path", "@abstract"; "" for an unnamed UNIX socket.
+std::string FormatAddress(const sockaddr_storage& addr, socklen_t len);
+
 void InitNet(Napi::Env env, Napi::Object exports);
 
 }  // namespace proxyd

@@ -17,6 +17,7 @@ ShovelResult Shovel::Move(Connection* c, Direction& d, size_t* moved) {
   Tally tally;
   ShovelResult result = Turn(c, d, &tally);
   *moved += tally.moved;
+  d.bytes += tally.moved;
   // Counted once per turn: the counters are shared by every worker.
   if (tally.moved > 0) owner_->Count(d.counter, static_cast<int64_t>(tally.moved));
   if (tally.copy_reads > 0) owner_->Count(kCopyReads, static_cast<int64_t>(tally.copy_reads));
@@ -280,6 +281,7 @@ Shovel::Step Shovel::PassEnd(Connection* c, Direction& d) {
     return Fail("shutdown", d.to, errno);
   }
   d.done = true;
+  if (c->ended_first == nullptr) c->ended_first = d.from;
   return Step::kProgress;
 }
 

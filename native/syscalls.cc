@@ -13,6 +13,12 @@ int64_t NowMs() {
   return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t NowUs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000000 + ts.tv_nsec / 1000;
+}
+
 std::string ErrnoText(int err) {
   char buf[128];
   return strerror_r(err, buf, sizeof buf);  // GNU variant: returns the text

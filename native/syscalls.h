@@ -12,6 +12,8 @@ namespace proxyd {
 
 // CLOCK_MONOTONIC in milliseconds: deadlines never jump with the wall clock.
 int64_t NowMs();
+// The same clock in microseconds: for latencies (histograms, the access log).
+int64_t NowUs();
 
 // strerror_r's text for `err` ("Connection reset by peer").
 std::string ErrnoText(int err);

@@ -10,6 +10,7 @@
 #include <cassert>
 #include <utility>
 
+#include "histograms.h"
 #include "syscalls.h"
 
 namespace proxyd {
@@ -44,10 +45,12 @@ bool LogThrottle::Admit(int64_t now, std::string* message) {
 // ---------------------------------------------------------------------------
 // Lifecycle
 
-Worker::Worker(Forwarder* owner, unsigned index) : owner_(owner), index_(index), pool_(owner), shovel_(owner, &pool_) {}
+Worker::Worker(Forwarder* owner, unsigned index)
+    : owner_(owner), index_(index), pool_(owner), shovel_(owner, &pool_), access_log_(owner) {}
 
 Worker::~Worker() {
   assert(!all_.linked() && graveyard_.empty());
+  datagram_.reset();  // it leaves the epoll set: before that closes
   CloseFd(wake_fd_);
   CloseFd(epoll_fd_);
 }
@@ -68,6 +71,14 @@ std::string Worker::Init(int* error_number) {
   for (int fd : owner_->config_.listeners) listeners_.push_back(std::make_unique<ListenerWatch>(fd));
   if (!pool_.Init()) return failed("pipe2");
   if (!AddListeners()) return failed("epoll_ctl(listener)");
+  const std::vector<int>& datagram_fds = owner_->config_.datagram_listeners;
+  std::vector<int> mine;
+  for (size_t i = index_; i < datagram_fds.size(); i += owner_->config_.workers) mine.push_back(datagram_fds[i]);
+  if (!mine.empty()) {
+    datagram_ = std::make_unique<DatagramForwarder>(owner_, epoll_fd_);
+    std::string error = datagram_->Init(mine, error_number);
+    if (!error.empty()) return error;
+  }
   return "";
 }
 
@@ -120,12 +131,15 @@ void Worker::Run() {
       break;
     }
     now_ = NowMs();
+    if (datagram_) datagram_->set_now(now_);
     for (int i = 0; i < n; ++i) HandleEvent(static_cast<Watch*>(events[i].data.ptr), events[i].events);
     RunReadyQueue();
+    if (datagram_) datagram_->FlushReplies();
     RunTimers(NowMs());
     BuryClosed();
   }
   CloseAll();
+  access_log_.Flush(NowMs(), true);
   // A worker that leaves its loop must not leave StopAccepting waiting.
   if (!acked_stop_accepting_) AckStopAccepting();
 }
@@ -141,6 +155,12 @@ void Worker::HandleEvent(Watch* watch, uint32_t events) {
     case Watch::kSide:
       OnSideEvent(static_cast<Side*>(watch), events);
       break;
+    case Watch::kDatagramListener:
+      datagram_->OnListenerReadable(static_cast<DatagramListener*>(watch));
+      break;
+    case Watch::kSession:
+      datagram_->OnSessionReadable(static_cast<Session*>(watch));
+      break;
   }
 }
 
@@ -149,7 +169,7 @@ void Worker::OnWake() {
   if (read(wake_fd_, &value, sizeof value) < 0 && !IsWouldBlock(errno)) {
     Log(kLogError, "eventfd read: " + ErrnoText(errno));
   }
-  owner_->counters_[kCounterCount + index_].store(owner_->ping_seq_.load(std::memory_order_acquire),
+  owner_->counters_[WorkerPingSlot(index_)].store(owner_->ping_seq_.load(std::memory_order_acquire),
                                                   std::memory_order_release);
   uint64_t shrinks = owner_->pool_shrinks_.load(std::memory_order_acquire);
   if (shrinks != pool_shrinks_seen_) {
@@ -164,6 +184,8 @@ void Worker::OnWake() {
 void Worker::AckStopAccepting() {
   assert(!acked_stop_accepting_);
   DropListeners();
+  // Replies leave from the datagram socket: its sessions end with it.
+  if (datagram_) datagram_->Stop();
   resume_accept_at_ = 0;
   acked_stop_accepting_ = true;
   owner_->OnListenersDropped();
@@ -213,6 +235,8 @@ int Worker::NextTimeoutMs(int64_t now) const {
   if (idle_.linked()) consider(idle_.first()->last_active + owner_->config_.idle_timeout_ms);
   consider(resume_accept_at_);
   consider(pool_.next_trim_at());
+  consider(access_log_.next_flush_at());
+  if (datagram_) consider(datagram_->next_deadline());
   if (deadline < 0) return -1;
   return deadline <= now ? 0 : static_cast<int>(deadline - now);
 }
@@ -256,6 +280,8 @@ void Worker::RunTimers(int64_t now) {
     }
   }
   ExpireIdle(now);
+  if (datagram_) datagram_->Expire(now);
+  access_log_.Flush(now, false);
   if (resume_accept_at_ != 0 && now >= resume_accept_at_) {
     resume_accept_at_ = 0;
     if (owner_->accepting_.load(std::memory_order_acquire)) ResumeAccepting();
@@ -351,13 +377,15 @@ void Worker::OnListenerReadable(ListenerWatch* listener) {
       Log(kLogInfo, "Accepting connections again.");
     }
     if (!owner_->AdmitConnection()) {
+      if (owner_->config_.access_log) access_log_.RecordRefused(fd, peer, peer_len, NowUs());
       CloseFd(fd);
       continue;
     }
     auto* c = new Connection();
     c->client.fd = fd;
+    c->accepted_us = NowUs();
     c->all.AppendTo(&all_);
-    if (!PrepareClient(c, peer)) continue;
+    if (!PrepareClient(c, peer, peer_len)) continue;
     if (!WatchSide(&c->client)) {
       int err = errno;
       Fail(c, ShovelFailure{"epoll_ctl(ADD)", &c->client, err});
@@ -378,7 +406,7 @@ void Worker::OnListenerReadable(ListenerWatch* listener) {
 
 // The client's socket options, and its PROXY protocol header (from the
 // addresses accept4 and getsockname give). False: the connection failed.
-bool Worker::PrepareClient(Connection* c, const sockaddr_storage& peer) {
+bool Worker::PrepareClient(Connection* c, const sockaddr_storage& peer, socklen_t peer_len) {
   const ForwarderConfig& config = owner_->config_;
   const char* what = "";
   if (IsInet(peer.ss_family) &&
@@ -387,14 +415,22 @@ bool Worker::PrepareClient(Connection* c, const sockaddr_storage& peer) {
     Fail(c, ShovelFailure{what, &c->client, errno});
     return false;
   }
+  if (config.proxy_protocol == ProxyProtocol::kNone && !config.access_log) return true;
+  sockaddr_storage local{};
+  socklen_t local_len = sizeof local;
+  if (getsockname(c->client.fd, reinterpret_cast<sockaddr*>(&local), &local_len) < 0) {
+    Fail(c, ShovelFailure{"getsockname", &c->client, errno});
+    return false;
+  }
   if (config.proxy_protocol != ProxyProtocol::kNone) {
-    sockaddr_storage local{};
-    socklen_t local_len = sizeof local;
-    if (getsockname(c->client.fd, reinterpret_cast<sockaddr*>(&local), &local_len) < 0) {
-      Fail(c, ShovelFailure{"getsockname", &c->client, errno});
-      return false;
-    }
     c->header_length = static_cast<uint8_t>(BuildProxyHeader(config.proxy_protocol, peer, local, c->header));
+  }
+  if (config.access_log) {
+    c->access = std::make_unique<AccessInfo>();
+    c->access->peer = peer;
+    c->access->peer_len = peer_len;
+    c->access->local = local;
+    c->access->local_len = local_len;
   }
   return true;
 }
@@ -449,9 +485,10 @@ void Worker::ConnectNext(Connection* c, int last_error) {
     return;
   }
   if (c->refused && RetryLater(c, last_error)) return;
-  owner_->Count(kUpstreamFailed, 1);
   LogUpstreamFailure(c, last_error);
-  Close(c, CloseHow::kEnd);  // like the original: the client just sees the end
+  if (c->access && c->next_target > 0) c->access->upstream = targets[c->next_target - 1].text;
+  // No address at all: EDESTADDRREQ, whatever came before.
+  Close(c, CloseHow::kEnd, EndCause::kConnectFailed, targets.empty() ? EDESTADDRREQ : last_error);
 }
 
 // Out of fds (or epoll watches) for the upstream socket: every address would
@@ -514,6 +551,9 @@ void Worker::OnConnected(Connection* c, uint32_t events) {
     Log(kLogInfo, "Upstream " + (*c->targets)[c->next_target - 1].text + " accepts connections now.");
   }
   c->connected = true;
+  c->connected_us = NowUs();
+  Observe(owner_->counters_, kConnectHistogram, c->connected_us - c->accepted_us);
+  if (c->access) c->access->upstream = (*c->targets)[c->next_target - 1].text;
   c->targets.reset();
   c->upstream.writable = true;
   // Registered before connect(): bytes that came since raised EPOLLIN already.
@@ -590,7 +630,7 @@ void Worker::OnSideEvent(Side* side, uint32_t events) {
   // sending side may be half-closing and still want the reply: it waits on.
   if (!c->connected && c->retry_backoff_ms != 0 && (events & (EPOLLERR | EPOLLHUP))) {
     if (owner_->ShouldLog(kLogDebug)) Log(kLogDebug, "Client gave up waiting for the upstream.");
-    Close(c, CloseHow::kReset);
+    Close(c, CloseHow::kReset, EndCause::kClientReset);
     return;
   }
   // A reset (or other error) ends the whole connection, but not before the
@@ -620,7 +660,9 @@ void Worker::Pump(Connection* c) {
     if (results[i] == ShovelResult::kFailed) return Fail(c, shovel_.failure());
   }
   if (moved > 0 && c->idle.linked()) Touch(c);
-  if (c->to_upstream.done && c->to_client.done) return Close(c, CloseHow::kEnd);
+  if (c->to_upstream.done && c->to_client.done) {
+    return Close(c, CloseHow::kEnd, c->ended_first == &c->client ? EndCause::kClientEnd : EndCause::kUpstreamEnd);
+  }
   auto any = [&](ShovelResult r) { return results[0] == r || results[1] == r; };
   if (any(ShovelResult::kYield) && !c->ready.linked()) c->ready.AppendTo(&ready_);
   if (any(ShovelResult::kNoPipe) && c->wait == Wait::kNone) {
@@ -647,11 +689,10 @@ void Worker::ExpireIdle(int64_t now) {
   int64_t span = owner_->config_.idle_timeout_ms;
   while (idle_.linked() && idle_.first()->last_active + span <= now) {
     Connection* c = idle_.first();
-    owner_->Count(kIdleTimeouts, 1);
     if (owner_->ShouldLog(kLogDebug)) {
       Log(kLogDebug, "Closing connection: no byte moved for " + std::to_string(span) + " ms.");
     }
-    Close(c, CloseHow::kReset);
+    Close(c, CloseHow::kReset, EndCause::kIdleTimeout);
   }
 }
 
@@ -704,12 +745,54 @@ void Worker::Fail(Connection* c, const ShovelFailure& failure) {
   } else {
     LogThrottled(&error_log_, kLogWarning, std::move(message));
   }
-  Close(c, CloseHow::kReset);
+  // A peer's reset (or its network's failure) is that side's; anything else is ours.
+  bool peer = IsDisconnect(failure.err);
+  EndCause cause = !peer ? EndCause::kError
+                   : failure.side == &c->client ? EndCause::kClientReset
+                                                : EndCause::kUpstreamReset;
+  Close(c, CloseHow::kReset, cause);
 }
 
-void Worker::Close(Connection* c, CloseHow how) {
+namespace {
+
+Counter CounterFor(EndCause cause) {
+  switch (cause) {
+    case EndCause::kClientEnd: return kClosedClientEnd;
+    case EndCause::kUpstreamEnd: return kClosedUpstreamEnd;
+    case EndCause::kClientReset: return kClosedClientReset;
+    case EndCause::kUpstreamReset: return kClosedUpstreamReset;
+    case EndCause::kError: return kClosedError;
+    case EndCause::kDrain: return kClosedDrain;
+    case EndCause::kIdleTimeout: return kIdleTimeouts;
+    case EndCause::kConnectFailed: return kUpstreamFailed;
+  }
+  return kClosedError;
+}
+
+Counter CounterFor(ConnectFailure failure) {
+  switch (failure) {
+    case ConnectFailure::kRefused: return kUpstreamRefused;
+    case ConnectFailure::kTimeout: return kUpstreamTimeout;
+    case ConnectFailure::kUnreachable: return kUpstreamUnreachable;
+    case ConnectFailure::kNoAddress: return kUpstreamNoAddress;
+    case ConnectFailure::kOther: break;
+  }
+  return kCounterCount;  // counted in kUpstreamFailed only
+}
+
+}  // namespace
+
+void Worker::Close(Connection* c, CloseHow how, EndCause cause, int connect_error) {
   if (c->closed) return;
   c->closed = true;
+  owner_->Count(CounterFor(cause), 1);
+  if (cause == EndCause::kConnectFailed) {
+    Counter by_cause = CounterFor(ClassifyConnectFailure(connect_error, connect_error == EDESTADDRREQ));
+    if (by_cause != kCounterCount) owner_->Count(by_cause, 1);
+  }
+  int64_t now_us = NowUs();
+  Observe(owner_->counters_, kDurationHistogram, now_us - c->accepted_us);
+  if (c->access) access_log_.Record(*c, cause, connect_error, now_us);
   c->all.Unlink();
   EndWait(c);
   c->ready.Unlink();
@@ -732,13 +815,15 @@ void Worker::Close(Connection* c, CloseHow how) {
 // The engine is closing: connections still open are cut, and each peer is
 // told so with a reset rather than an end that would look complete.
 void Worker::CloseAll() {
-  while (all_.linked()) Close(all_.first(), CloseHow::kReset);
+  while (all_.linked()) Close(all_.first(), CloseHow::kReset, EndCause::kDrain);
+  if (datagram_) datagram_->Stop();
   BuryClosed();
 }
 
 void Worker::BuryClosed() {
   for (Connection* c : graveyard_) delete c;
   graveyard_.clear();
+  if (datagram_) datagram_->Bury();
 }
 
 }  // namespace proxyd

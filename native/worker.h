@@ -16,7 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "access_log.h"
 #include "connection.h"
+#include "datagram.h"
 #include "forwarder.h"
 #include "list.h"
 #include "pipe_pool.h"
@@ -73,7 +75,7 @@ class Worker {
 
   // Accepting
   void OnListenerReadable(ListenerWatch* listener);
-  bool PrepareClient(Connection* c, const sockaddr_storage& peer);
+  bool PrepareClient(Connection* c, const sockaddr_storage& peer, socklen_t peer_len);
   void PauseAccepting(int err);
   bool AddListeners();
   void ResumeAccepting();
@@ -99,7 +101,9 @@ class Worker {
   bool WatchSide(Side* side);
   void CloseSide(Side* side, CloseHow how);
   void Fail(Connection* c, const ShovelFailure& failure);
-  void Close(Connection* c, CloseHow how);
+  // Closes both sides; counts the cause, the duration, and logs the access line.
+  // `connect_error`: the last connect's errno, for EndCause::kConnectFailed.
+  void Close(Connection* c, CloseHow how, EndCause cause, int connect_error = 0);
   void CloseAll();
   void BuryClosed();
 
@@ -135,6 +139,9 @@ class Worker {
 
   PipePool pool_;
   Shovel shovel_;
+  AccessLog access_log_;
+  // The datagram sockets this worker owns (one worker per socket), if any.
+  std::unique_ptr<DatagramForwarder> datagram_;
 
   LogThrottle upstream_failure_log_;
   LogThrottle error_log_;

@@ -26,12 +26,22 @@ export interface EngineOptions {
   keepaliveIdle?: number;
   keepaliveInterval?: number;
   keepaliveCount?: number;
+  /** Send access log batches (EngineEvent.AccessLog). */
+  accessLog?: boolean;
+  /** Bound UDP sockets to forward datagrams from; the engine owns them from now on. */
+  datagramListeners?: number[];
+  /** A UDP session ends after this long without a datagram either way. */
+  udpTimeoutMs?: number;
+  /** UDP sessions open at once (all workers); past it the least recently active is evicted. */
+  udpSessionsMax?: number;
 }
 
 export const enum EngineEvent {
   /** The active count left 0 or returned to 0: re-read it. */
   Activity = 0,
   Log = 1,
+  /** A batch of access log lines joined by "\n" (level: info). */
+  AccessLog = 2,
 }
 
 export interface NativeEngine {
@@ -80,10 +90,41 @@ export interface Addon {
     idleTimeouts: number;
     /** Clients that waited for a refusing upstream (connect retry). */
     retriedConnects: number;
+    /** upstreamFailed by cause (the rest: other causes). */
+    upstreamRefused: number;
+    upstreamTimeout: number;
+    upstreamUnreachable: number;
+    upstreamNoAddress: number;
+    /** Connections closed, by cause (with idleTimeouts and upstreamFailed: every accepted connection once). */
+    closedClientEnd: number;
+    closedUpstreamEnd: number;
+    closedClientReset: number;
+    closedUpstreamReset: number;
+    closedError: number;
+    closedDrain: number;
+    udpSessions: number;
+    udpSessionsOpened: number;
+    udpSessionsExpired: number;
+    udpSessionsEvicted: number;
+    udpDatagramsToUpstream: number;
+    udpDatagramsToClient: number;
+    udpBytesToUpstream: number;
+    udpBytesToClient: number;
+    udpDropped: number;
+    udpUpstreamRefused: number;
+    /** Connections and UDP sessions open: what busy/idle follow. */
+    open: number;
     firstWorkerPing: number;
   };
+  /**
+   * Latency histograms in `counters`: from `first`, one slot per bucket (bounds.length + 1, the last
+   * +Inf; not cumulative), then the count, then the sum in microseconds. Bounds in seconds.
+   */
+  HISTOGRAMS: Record<'connect' | 'duration', { first: number; bounds: number[] }>;
   /** Creates, binds and listens a non-blocking CLOEXEC stream socket; returns its fd. */
   bindListener(endpoint: NativeEndpoint, backlog?: number): number;
+  /** Creates and binds a non-blocking CLOEXEC UDP socket; returns its fd. */
+  bindDatagram(endpoint: NativeEndpoint): number;
   /** Throws for a closed fd. */
   inspectFd(fd: number): FdInfo;
   closeFd(fd: number): void;

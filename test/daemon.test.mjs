@@ -182,23 +182,42 @@ const linesAfterExec = (text) => {
   return all.slice(i + 1);
 };
 
-test('a passed datagram socket: one error line, exit 1 (like the reference)', async () => {
-  for (const program of [[process.execPath, CLI], [REFERENCE]]) {
-    const port = await freePort();
-    const child = track(spawn(ACTIVATE, ['--datagram', '-l', `127.0.0.1:${port}`, ...program, '127.0.0.1:9'], { env: baseEnv(), stdio: ['ignore', 'ignore', 'pipe'] }));
-    await waitFor(() => /Listening on/.test(child.stderrText));
-    const udp = dgram.createSocket('udp4');
-    udp.send('wake up', port, '127.0.0.1');
-    try {
-      const r = await within(child.exited, 10000, 'did not exit');
-      assert.deepEqual(r, { code: 1, signal: null }, child.stderrText);
-    } finally {
-      udp.close();
+test('a passed datagram socket: the reference refuses it (one error line, exit 1); ours forwards its datagrams', async () => {
+  const upstream = dgram.createSocket('udp4');
+  upstream.on('message', (m, r) => upstream.send(Buffer.concat([Buffer.from('echo '), m]), r.port, r.address));
+  await new Promise((resolve) => upstream.bind(0, '127.0.0.1', resolve));
+  const target = `127.0.0.1:${upstream.address().port}`;
+  try {
+    for (const program of [[REFERENCE], [process.execPath, CLI]]) {
+      const port = await freePort();
+      const child = track(spawn(ACTIVATE, ['--datagram', '-l', `127.0.0.1:${port}`, ...program, target], { env: baseEnv(), stdio: ['ignore', 'ignore', 'pipe'] }));
+      await waitFor(() => /Listening on/.test(child.stderrText));
+      const udp = dgram.createSocket('udp4');
+      const replies = [];
+      udp.on('message', (m) => replies.push(m.toString()));
+      try {
+        if (program[0] === REFERENCE) {
+          udp.send('wake up', port, '127.0.0.1');
+          const r = await within(child.exited, 10000, 'did not exit');
+          assert.deepEqual(r, { code: 1, signal: null }, child.stderrText);
+          const out = linesAfterExec(child.stderrText);
+          assert.equal(out.length, 1, child.stderrText);
+          assert.match(out[0], /^Passed in socket is not a stream socket/);
+        } else {
+          // The first datagram makes systemd-socket-activate exec the proxy; it is forwarded too.
+          udp.send('wake up', port, '127.0.0.1');
+          assert.ok(await waitFor(() => replies.includes('echo wake up'), 10_000), child.stderrText);
+          udp.send('again', port, '127.0.0.1');
+          assert.ok(await waitFor(() => replies.includes('echo again'), 10_000), child.stderrText);
+          assert.match(child.stderrText, /Listening on fd 3 \(127\.0\.0\.1:\d+\)/);
+          await stop(child);
+        }
+      } finally {
+        udp.close();
+      }
     }
-    const out = linesAfterExec(child.stderrText);
-    assert.equal(out.length, 1, child.stderrText);
-    assert.match(out[0], /^Passed in socket is not a stream socket/);
-    if (program[0] === process.execPath) assert.match(out[0], /fd 3 is a dgram socket/);
+  } finally {
+    upstream.close();
   }
 });
 
