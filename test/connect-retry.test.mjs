@@ -48,8 +48,12 @@ async function echoAt(where) {
   };
 }
 
-/** Lines of the proxy's stderr that say clients wait (the once-per-episode line). */
-const waitingLines = (child) => child.stderrText.split('\n').filter((l) => /\bwait/i.test(l));
+/**
+ * Lines of the proxy's stderr that say clients wait (the once-per-episode
+ * line): "wait", "waits" or "waiting"; not a client's give-up line ("… the
+ * client waited N ms").
+ */
+const waitingLines = (child) => child.stderrText.split('\n').filter((l) => /\bwait(s|ing)?\b/i.test(l));
 
 /** Resolves once the proxy has said (once) that clients wait for the upstream. */
 async function saidWaiting(child, count = 1) {
@@ -271,6 +275,35 @@ test('--connect-retry logs one "waiting" line per episode, not one per attempt o
     // Nothing else per attempt either: a handful of lines in all.
     const lines = child.stderrText.split('\n').filter(Boolean);
     assert.ok(lines.length <= 8, `too many log lines:\n${child.stderrText}`);
+  } finally {
+    await stop(child);
+    await upstream?.close();
+  }
+});
+
+test('--connect-retry: an episode whose clients all gave up does not silence the "waiting" line of the next one', { timeout: 60_000 }, async () => {
+  const upstreamPort = await freePort();
+  const { child, port } = await startProxyNow(['--connect-retry=4s', `127.0.0.1:${upstreamPort}`]);
+  let upstream = null;
+  try {
+    // Episode 1: nobody ever listens; the client is closed after the span.
+    const a = await earlyClient(port, Buffer.from('a'));
+    await saidWaiting(child, 1);
+    await within(a.reply, 15_000, 'the first client was never closed');
+    // The upstream comes and serves a client at once (it does not wait)…
+    upstream = await echoAt(upstreamPort);
+    const b = await earlyClient(port, Buffer.from('b'), { end: true });
+    assert.equal((await within(b.reply, 10_000)).data.toString(), 'b');
+    // …and goes away again: episode 2 is a new one, and is said so.
+    await upstream.close();
+    upstream = null;
+    const c = await earlyClient(port, Buffer.from('c'));
+    // The line comes with the first refusal (within ms); looked for well within the 4 s span.
+    const said = await waitFor(() => waitingLines(child).length >= 2, 1500);
+    upstream = await echoAt(upstreamPort);
+    c.socket.end();
+    assert.equal((await within(c.reply, 15_000, 'the third client was not served')).data.toString(), 'c');
+    assert.ok(said, `no "waiting" line for the second episode; stderr:\n${child.stderrText}`);
   } finally {
     await stop(child);
     await upstream?.close();
