@@ -14,8 +14,9 @@ import path from 'node:path';
 
 import { SocketProxy } from '../dist/index.js';
 import {
-  CLI, activate, closed, collect, connect, fdCount, freePort, pattern, sha256, startProxyNow, stop, tcpListening, waitFor, within,
+  CLI, activate, closed, collect, connect, connectTo, fdCount, freePort, pattern, sha256, startProxyNow, stop, tcpListening, waitFor, within,
 } from './helpers.mjs';
+import { blackhole, engineChild } from './fault-helpers.mjs';
 
 const KiB = 1024;
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-retry-'));
@@ -307,5 +308,34 @@ test('--connect-retry: an episode whose clients all gave up does not silence the
   } finally {
     await stop(child);
     await upstream?.close();
+  }
+});
+
+test('connect retry: a client that resets during its first round of connect attempts is released then, not held for the whole span', { timeout: 60_000 }, async () => {
+  // The first address never answers (its connect times out after 1.5 s), the
+  // second refuses: the round ends in a refusal, which would start a wait.
+  const hole = await blackhole();
+  const refusingPort = await freePort();
+  const proxy = await engineChild({
+    listen: [{ host: '127.0.0.1', port: 0 }], workers: 1, connectTimeoutMs: 1500, connectRetryMs: 30_000,
+    targets: [hole.endpoint, { host: '127.0.0.1', port: refusingPort }],
+  });
+  try {
+    const port = Number(proxy.listeners[0].address.split(':').pop());
+    const client = await connectTo(`127.0.0.1:${port}`);
+    client.on('error', () => {});
+    const t0 = Date.now();
+    await pause(200);
+    client.resetAndDestroy();
+    assert.ok(await waitFor(async () => (await proxy.stats()).active === 0, 15_000), 'the client was held');
+    const elapsed = Date.now() - t0;
+    const stats = await proxy.stats();
+    assert.ok(elapsed < 10_000, `released after ${elapsed} ms (the span is 30 s)`);
+    assert.equal(stats.closedClientReset, 1, JSON.stringify(stats));
+    assert.equal(stats.upstreamFailed, 0, JSON.stringify(stats));
+    assert.equal(stats.retriedConnects, 0, JSON.stringify(stats));
+  } finally {
+    await proxy.close();
+    hole.close();
   }
 });
