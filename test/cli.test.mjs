@@ -145,6 +145,10 @@ const BAD = [
   [['--connect-retry=infinity', '127.0.0.1:80'], /--connect-retry=.*infinity/, false],
   [['--idle-timeout=x', '127.0.0.1:80'], /^Failed to parse --idle-timeout= argument: x$/, false],
   [['--idle-timeout=5parsecs', '127.0.0.1:80'], /^Failed to parse --idle-timeout= argument: 5parsecs$/, false],
+  [['--user-timeout=soon', '127.0.0.1:80'], /^Failed to parse --user-timeout= argument: soon$/, false],
+  [['--udp-timeout=infinity', '127.0.0.1:80'], /--udp-timeout= must be finite: infinity/, false],
+  [['--udp-sessions-max=0', '127.0.0.1:80'], /--udp-sessions-max= must be at least 1: 0/, false],
+  [['--listen=udp:/run/x.sock', '127.0.0.1:80'], /^Failed to parse --listen= argument: a UDP address needs HOST:PORT/, false],
   [['--keepalive=', '127.0.0.1:80'], /^Failed to parse --keepalive= argument/, false],
   [['--keepalive=fast', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: fast$/, false],
   [['--keepalive=0', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: 0$/, false],
@@ -259,6 +263,7 @@ test('issue 9\'s options take good values (both option forms, systemd.time spans
       ['--idle-timeout=5min', '--keepalive=60s', '--connect-retry=500ms'],
       ['--idle-timeout', 'infinity', '--keepalive', '2s,1s,2', '--connect-retry', '0'],
       ['--idle-timeout=0', '--keepalive=1min 30s,10s', '--connect-retry=1h'],
+      ['--user-timeout=5min', '--udp-timeout=10s', '--udp-sessions-max=10'],
     ]) {
       const s = await startListening([...args, upstream.target]);
       try {
