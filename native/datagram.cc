@@ -4,6 +4,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cstring>
 
@@ -13,10 +14,18 @@
 namespace proxyd {
 namespace {
 
-// Fills `key` from a client address: family, port, address, IPv6 scope.
-bool MakeKey(const DatagramListener* listener, const sockaddr_storage& addr, SessionKey* key) {
+// Fills `key` from a client address (family, port, address, IPv6 scope) and
+// the reply pktinfo (its data: the local address, and the interface where
+// that matters).
+bool MakeKey(const DatagramListener* listener, const sockaddr_storage& addr, const unsigned char* pktinfo,
+             size_t pktinfo_len, SessionKey* key) {
   key->listener = listener;
   std::memset(key->bytes, 0, sizeof key->bytes);
+  if (pktinfo_len != 0) {
+    const cmsghdr* cm = reinterpret_cast<const cmsghdr*>(pktinfo);
+    size_t data = cm->cmsg_len - CMSG_LEN(0);
+    std::memcpy(key->bytes + 24, CMSG_DATA(cm), std::min(data, sizeof(in6_pktinfo)));
+  }
   if (addr.ss_family == AF_INET) {
     const auto& in = reinterpret_cast<const sockaddr_in&>(addr);
     key->bytes[0] = AF_INET;
@@ -207,12 +216,14 @@ void DatagramForwarder::OnListenerReadable(DatagramListener* listener) {
     for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {
       const msghdr& h = in_msgs_[i].msg_hdr;
       SessionKey key;
-      bool usable = !(h.msg_flags & MSG_TRUNC) && MakeKey(listener, in_[i].name, &key);
+      alignas(cmsghdr) unsigned char pktinfo[sizeof(Session::pktinfo)];
+      size_t pktinfo_len = listener->wildcard ? ReplyPktinfo(h, pktinfo, sizeof pktinfo) : 0;
+      bool usable = !(h.msg_flags & MSG_TRUNC) && MakeKey(listener, in_[i].name, pktinfo, pktinfo_len, &key);
       if (run != nullptr && usable && key == run->key) continue;  // the run goes on
       if (run != nullptr) SendRun(run, run_start, i - run_start);
       run = nullptr;
       // Truncation cannot happen with 64 KiB buffers; a part is never forwarded.
-      Session* s = usable ? FindOrOpen(listener, key, in_[i].name, h.msg_namelen, h) : nullptr;
+      Session* s = usable ? FindOrOpen(listener, key, in_[i].name, h.msg_namelen, pktinfo, pktinfo_len) : nullptr;
       if (s == nullptr) {
         Count(kUdpDropped, 1);
         continue;
@@ -266,7 +277,8 @@ void DatagramForwarder::SendRun(Session* s, unsigned first, unsigned count) {
 // Finds the client's session, or opens one: a UDP socket connected to the
 // first target address that takes it.
 Session* DatagramForwarder::FindOrOpen(DatagramListener* listener, const SessionKey& key,
-                                       const sockaddr_storage& client, socklen_t client_len, const msghdr& received) {
+                                       const sockaddr_storage& client, socklen_t client_len,
+                                       const unsigned char* pktinfo, size_t pktinfo_len) {
   auto found = sessions_.find(key);
   if (found != sessions_.end()) return found->second;
   if (!MakeRoom()) return nullptr;
@@ -305,7 +317,8 @@ Session* DatagramForwarder::FindOrOpen(DatagramListener* listener, const Session
   s->key = key;
   std::memcpy(&s->client, &client, client_len);
   s->client_len = client_len;
-  if (listener->wildcard) s->pktinfo_len = ReplyPktinfo(received, s->pktinfo, sizeof s->pktinfo);
+  std::memcpy(s->pktinfo, pktinfo, pktinfo_len);
+  s->pktinfo_len = pktinfo_len;
   s->last_active = now_;
   s->lru.AppendTo(&lru_);
   sessions_.emplace(key, s);
@@ -332,9 +345,11 @@ bool DatagramForwarder::MakeRoom() {
   }
 }
 
+// Strict least-recently-active order (eviction picks the head): a session
+// used again moves to the back, also within one clock tick.
 void DatagramForwarder::Touch(Session* s) {
-  if (s->last_active == now_) return;
   s->last_active = now_;
+  if (s->lru.next == &lru_) return;  // already the most recent
   s->lru.Unlink();
   s->lru.AppendTo(&lru_);
 }

@@ -38,10 +38,13 @@ struct DatagramListener : Watch {
 };
 
 // A client as sessions are keyed: family, port, address (and IPv6 scope),
-// packed into fixed bytes, so a lookup allocates nothing.
+// then, on a wildcard socket, the local address its datagram reached (the
+// reply's source), packed into fixed bytes, so a lookup allocates nothing.
+// One client sending to two addresses of the host is two sessions, each
+// answered from its own address.
 struct SessionKey {
   const DatagramListener* listener = nullptr;
-  unsigned char bytes[24] = {};
+  unsigned char bytes[24 + sizeof(in6_pktinfo)] = {};
   bool operator==(const SessionKey& o) const;
 };
 
@@ -110,7 +113,7 @@ class DatagramForwarder {
   static void MakeSlots(std::vector<Slot>* slots, std::vector<mmsghdr>* msgs);
 
   Session* FindOrOpen(DatagramListener* listener, const SessionKey& key, const sockaddr_storage& client,
-                      socklen_t client_len, const msghdr& received);
+                      socklen_t client_len, const unsigned char* pktinfo, size_t pktinfo_len);
   bool MakeRoom();
   void Touch(Session* s);
   void CloseSession(Session* s);
