@@ -5,6 +5,7 @@
       "sources": [
         "native/access_log.cc",
         "native/addon.cc",
+        "native/datagram.cc",
         "native/engine.cc",
         "native/forwarder.cc",
         "native/histograms.cc",

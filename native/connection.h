@@ -21,7 +21,7 @@ namespace proxyd {
 
 // What an epoll event's data.ptr points at.
 struct Watch {
-  enum Kind : uint8_t { kWake, kListener, kSide } kind;
+  enum Kind : uint8_t { kWake, kListener, kSide, kDatagramListener, kSession } kind;
   explicit Watch(Kind k) : kind(k) {}
 };
 

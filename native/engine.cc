@@ -46,6 +46,25 @@ bool ReadInt(Napi::Object options, const char* name, double min, double max, dou
   return true;
 }
 
+// Reads an array of file descriptors (`optional`: may be left out).
+bool ReadFds(Napi::Object options, const char* name, bool optional, std::vector<int>* out) {
+  Napi::Value value = options.Get(name);
+  if (optional && value.IsUndefined()) return true;
+  std::string expected = std::string("option ") + name + " must be an array of file descriptors";
+  if (!value.IsArray()) return ThrowInvalidType(options.Env(), expected);
+  Napi::Array array = value.As<Napi::Array>();
+  for (uint32_t i = 0; i < array.Length(); ++i) {
+    Napi::Value fd = array.Get(i);
+    if (!fd.IsNumber()) return ThrowInvalidType(options.Env(), expected);
+    double number = fd.As<Napi::Number>().DoubleValue();
+    if (!(number >= 0 && number <= 2147483647.0) || number != static_cast<double>(static_cast<int32_t>(number))) {
+      return ThrowInvalidValue(options.Env(), expected);
+    }
+    out->push_back(fd.As<Napi::Number>().Int32Value());
+  }
+  return true;
+}
+
 bool ReadEndpoints(Napi::Value value, std::vector<Endpoint>* out) {
   if (!value.IsArray()) return ThrowInvalidType(value.Env(), "targets must be an array of {host, port} or {path}");
   Napi::Array array = value.As<Napi::Array>();
@@ -98,6 +117,17 @@ void Engine::Init(Napi::Env env, Napi::Object exports) {
   counters.Set("closedUpstreamReset", static_cast<double>(kClosedUpstreamReset));
   counters.Set("closedError", static_cast<double>(kClosedError));
   counters.Set("closedDrain", static_cast<double>(kClosedDrain));
+  counters.Set("udpSessions", static_cast<double>(kUdpSessions));
+  counters.Set("udpSessionsOpened", static_cast<double>(kUdpSessionsOpened));
+  counters.Set("udpSessionsExpired", static_cast<double>(kUdpSessionsExpired));
+  counters.Set("udpSessionsEvicted", static_cast<double>(kUdpSessionsEvicted));
+  counters.Set("udpDatagramsToUpstream", static_cast<double>(kUdpDatagramsToUpstream));
+  counters.Set("udpDatagramsToClient", static_cast<double>(kUdpDatagramsToClient));
+  counters.Set("udpBytesToUpstream", static_cast<double>(kUdpBytesToUpstream));
+  counters.Set("udpBytesToClient", static_cast<double>(kUdpBytesToClient));
+  counters.Set("udpDropped", static_cast<double>(kUdpDropped));
+  counters.Set("udpUpstreamRefused", static_cast<double>(kUdpUpstreamRefused));
+  counters.Set("open", static_cast<double>(kOpen));
   counters.Set("firstWorkerPing", static_cast<double>(WorkerPingSlot(0)));
   exports.Set("COUNTERS", counters);
 
@@ -121,7 +151,9 @@ void Engine::Init(Napi::Env env, Napi::Object exports) {
 // new Engine({listeners, targets, maxConnections?, workers?, connectTimeoutMs?,
 //             pipeSize?, logLevel?, proxyProtocol? (0 none, 1, 2), connectRetryMs?,
 //             idleTimeoutMs?, keepaliveIdle?, keepaliveInterval?, keepaliveCount?
-//             (keepalive spans in seconds; idle 0: off), accessLog?})
+//             (keepalive spans in seconds; idle 0: off), accessLog?,
+//             datagramListeners? (bound UDP socket fds, owned from now on),
+//             udpTimeoutMs?, udpSessionsMax?})
 Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) {
@@ -131,31 +163,17 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
   Napi::Object options = info[0].As<Napi::Object>();
   ForwarderConfig config;
 
-  Napi::Value listeners = options.Get("listeners");
-  if (!listeners.IsArray()) {
-    ThrowInvalidType(env, "option listeners must be an array of file descriptors");
+  if (!ReadFds(options, "listeners", false, &config.listeners) ||
+      !ReadFds(options, "datagramListeners", true, &config.datagram_listeners)) {
     return;
-  }
-  Napi::Array listener_array = listeners.As<Napi::Array>();
-  for (uint32_t i = 0; i < listener_array.Length(); ++i) {
-    Napi::Value fd = listener_array.Get(i);
-    if (!fd.IsNumber()) {
-      ThrowInvalidType(env, "option listeners must be an array of file descriptors");
-      return;
-    }
-    double number = fd.As<Napi::Number>().DoubleValue();
-    if (!(number >= 0 && number <= 2147483647.0) || number != static_cast<double>(static_cast<int32_t>(number))) {
-      ThrowInvalidValue(env, "option listeners must be an array of file descriptors");
-      return;
-    }
-    config.listeners.push_back(fd.As<Napi::Number>().Int32Value());
   }
   if (!ReadEndpoints(options.Get("targets"), &config.targets)) return;
 
   double max_connections = config.max_connections, workers = config.workers,
          timeout = config.connect_timeout_ms, pipe_size = static_cast<double>(config.pipe_size),
          log_level = config.log_level, proxy_protocol = 0, retry = 0, idle_timeout = 0, keepalive_idle = 0,
-         keepalive_interval = 1, keepalive_count = 1;
+         keepalive_interval = 1, keepalive_count = 1, udp_timeout = config.udp_timeout_ms,
+         udp_sessions_max = config.udp_sessions_max;
   // Keepalive spans as the kernel takes them: TCP_KEEPIDLE and TCP_KEEPINTVL
   // up to 32767 s, TCP_KEEPCNT up to 127.
   if (!ReadInt(options, "maxConnections", 0, 4294967295.0, &max_connections) ||
@@ -167,9 +185,13 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
       !ReadInt(options, "idleTimeoutMs", 0, 2147483647.0, &idle_timeout) ||
       !ReadInt(options, "keepaliveIdle", 0, 32767, &keepalive_idle) ||
       !ReadInt(options, "keepaliveInterval", 1, 32767, &keepalive_interval) ||
-      !ReadInt(options, "keepaliveCount", 1, 127, &keepalive_count)) {
+      !ReadInt(options, "keepaliveCount", 1, 127, &keepalive_count) ||
+      !ReadInt(options, "udpTimeoutMs", 1, 2147483647.0, &udp_timeout) ||
+      !ReadInt(options, "udpSessionsMax", 1, 4294967295.0, &udp_sessions_max)) {
     return;
   }
+  config.udp_timeout_ms = static_cast<int>(udp_timeout);
+  config.udp_sessions_max = static_cast<uint32_t>(udp_sessions_max);
   config.proxy_protocol = static_cast<ProxyProtocol>(static_cast<int>(proxy_protocol));
   config.connect_retry_ms = static_cast<int>(retry);
   config.idle_timeout_ms = static_cast<int>(idle_timeout);

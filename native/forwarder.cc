@@ -23,7 +23,9 @@ Forwarder::~Forwarder() { Stop(); }
 
 std::string Forwarder::Start(int* error_number) {
   *error_number = 0;
-  for (int fd : config_.listeners) {
+  std::vector<int> all = config_.listeners;
+  all.insert(all.end(), config_.datagram_listeners.begin(), config_.datagram_listeners.end());
+  for (int fd : all) {
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
       *error_number = errno;
@@ -82,16 +84,25 @@ bool Forwarder::AdmitConnection() {
   } while (!counters_[kActive].compare_exchange_weak(before, before + 1, std::memory_order_acq_rel,
                                                      std::memory_order_relaxed));
   Count(kAccepted, 1);
-  if (before == 0) {
-    // Release: JS, having read the new period count, also sees this active count.
-    counters_[kBusyPeriods].fetch_add(1, std::memory_order_release);
-    sink_->OnActivityChanged();
-  }
+  OpenActivity();
   return true;
 }
 
 void Forwarder::ReleaseConnection() {
-  if (counters_[kActive].fetch_sub(1, std::memory_order_acq_rel) == 1) sink_->OnActivityChanged();
+  counters_[kActive].fetch_sub(1, std::memory_order_acq_rel);
+  CloseActivity();
+}
+
+void Forwarder::OpenActivity() {
+  if (counters_[kOpen].fetch_add(1, std::memory_order_acq_rel) == 0) {
+    // Release: JS, having read the new period count, also sees this open count.
+    counters_[kBusyPeriods].fetch_add(1, std::memory_order_release);
+    sink_->OnActivityChanged();
+  }
+}
+
+void Forwarder::CloseActivity() {
+  if (counters_[kOpen].fetch_sub(1, std::memory_order_acq_rel) == 1) sink_->OnActivityChanged();
 }
 
 void Forwarder::StopAccepting() {
@@ -123,6 +134,7 @@ void Forwarder::OnListenersDropped() {
 void Forwarder::CloseListenersLocked() {
   if (listeners_closed_) return;
   for (int fd : config_.listeners) CloseFd(fd);
+  for (int fd : config_.datagram_listeners) CloseFd(fd);
   listeners_closed_ = true;
 }
 

@@ -31,7 +31,7 @@ enum Counter : unsigned {
   kBytesToClient,    // bytes forwarded upstream -> client
   kPipesInUse,       // pipes held by connections with bytes in flight
   kPipesPooled,      // spare pipes kept by the workers
-  kBusyPeriods,      // times the active count left 0 (bumped before the activity event is sent)
+  kBusyPeriods,      // times kOpen left 0 (bumped before the activity event is sent)
   kCopyReads,        // reads that went through the copy path (recv + send)
   kSpliceReads,      // reads that went through a pipe with splice
   kIdleTimeouts,     // connections closed (reset) by the idle timeout
@@ -49,6 +49,19 @@ enum Counter : unsigned {
   kClosedUpstreamReset,  // ... on the upstream's side
   kClosedError,          // a failure of the proxy's own
   kClosedDrain,          // cut because the engine closed
+  // Datagram forwarding
+  kUdpSessions,             // sessions open now
+  kUdpSessionsOpened,
+  kUdpSessionsExpired,      // ended by --udp-timeout
+  kUdpSessionsEvicted,      // ended to make room (--udp-sessions-max)
+  kUdpDatagramsToUpstream,
+  kUdpDatagramsToClient,
+  kUdpBytesToUpstream,
+  kUdpBytesToClient,
+  kUdpDropped,              // not forwarded: a full socket, no session to be had
+  kUdpUpstreamRefused,      // ICMP port unreachable from the upstream
+  // Connections and sessions open: what 'busy'/'idle' and --exit-idle-time follow
+  kOpen,
   kCounterCount,
   // followed by the latency histograms (histograms.h), then one slot per
   // worker: the last watchdog ping it answered
@@ -76,6 +89,7 @@ class EventSink {
 
 struct ForwarderConfig {
   std::vector<int> listeners;  // listening sockets; the forwarder owns them
+  std::vector<int> datagram_listeners;  // bound UDP sockets; owned too
   std::vector<Endpoint> targets;
   uint32_t max_connections = 256;
   unsigned workers = 1;
@@ -89,6 +103,8 @@ struct ForwarderConfig {
   int idle_timeout_ms = 0;
   Keepalive keepalive;  // on the TCP sockets of every connection (idle 0: off)
   bool access_log = false;
+  int udp_timeout_ms = 30000;
+  uint32_t udp_sessions_max = 4096;
 };
 
 class Worker;
@@ -122,6 +138,7 @@ class Forwarder {
   friend class PipePool;
   friend class Shovel;
   friend class AccessLog;
+  friend class DatagramForwarder;
 
   std::shared_ptr<const std::vector<Endpoint>> targets() const;
   void Log(int level, std::string message);
@@ -134,6 +151,9 @@ class Forwarder {
   // Returns false if the limit is reached (and counts the refusal).
   bool AdmitConnection();
   void ReleaseConnection();
+  // A connection or session opened / closed: kOpen, busy periods, activity events.
+  void OpenActivity();
+  void CloseActivity();
   // Fds or pipe pages run short: every worker gives back its spare pipes.
   void ShrinkPipePools();
   // A worker has left the listening sockets for good (StopAccepting, or its end).

@@ -73,19 +73,24 @@ const char* TypeName(int type) {
   }
 }
 
-// bindListener({host, port} | {path}, backlog) -> fd
-Napi::Value BindListener(const Napi::CallbackInfo& info) {
+// A bound socket of `type` (SOCK_STREAM: listening too) -> fd.
+Napi::Value BindSocket(const Napi::CallbackInfo& info, int type) {
   Napi::Env env = info.Env();
   Endpoint endpoint;
   if (!EndpointFromJs(info[0], &endpoint)) return env.Undefined();
+  if (type == SOCK_DGRAM && endpoint.addr.ss_family == AF_UNIX) {
+    ThrowInvalidValue(env, "datagram forwarding takes UDP addresses only, not " + endpoint.text);
+    return env.Undefined();
+  }
   int backlog = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : SOMAXCONN;
-  int fd = socket(endpoint.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int fd = socket(endpoint.addr.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     int err = errno;
     return ThrowErrno(env, err, "socket(" + endpoint.text + ")");
   }
   int one = 1;
-  if (endpoint.addr.ss_family != AF_UNIX && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
+  if (type == SOCK_STREAM && endpoint.addr.ss_family != AF_UNIX &&
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
     int err = errno;
     close(fd);
     return ThrowErrno(env, err, "setsockopt(" + endpoint.text + ", SO_REUSEADDR)");
@@ -95,13 +100,19 @@ Napi::Value BindListener(const Napi::CallbackInfo& info) {
     close(fd);
     return ThrowErrno(env, err, "Failed to listen on " + endpoint.text);
   }
-  if (listen(fd, backlog) < 0) {
+  if (type == SOCK_STREAM && listen(fd, backlog) < 0) {
     int err = errno;
     close(fd);
     return ThrowErrno(env, err, "Failed to listen on " + endpoint.text);
   }
   return Napi::Number::New(env, fd);
 }
+
+// bindListener({host, port} | {path}, backlog) -> fd
+Napi::Value BindListener(const Napi::CallbackInfo& info) { return BindSocket(info, SOCK_STREAM); }
+
+// bindDatagram({host, port}) -> fd of a bound UDP socket
+Napi::Value BindDatagram(const Napi::CallbackInfo& info) { return BindSocket(info, SOCK_DGRAM); }
 
 // inspectFd(fd) -> {socket, family, type, listening, address}; throws for a
 // closed fd.
@@ -282,6 +293,7 @@ bool EndpointFromJs(const Napi::Value& value, Endpoint* out) {
 
 void InitNet(Napi::Env env, Napi::Object exports) {
   exports.Set("bindListener", Napi::Function::New(env, BindListener, "bindListener"));
+  exports.Set("bindDatagram", Napi::Function::New(env, BindDatagram, "bindDatagram"));
   exports.Set("inspectFd", Napi::Function::New(env, InspectFd, "inspectFd"));
   exports.Set("closeFd", Napi::Function::New(env, CloseFdForJs, "closeFd"));
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));

@@ -50,6 +50,7 @@ Worker::Worker(Forwarder* owner, unsigned index)
 
 Worker::~Worker() {
   assert(!all_.linked() && graveyard_.empty());
+  datagram_.reset();  // it leaves the epoll set: before that closes
   CloseFd(wake_fd_);
   CloseFd(epoll_fd_);
 }
@@ -70,6 +71,14 @@ std::string Worker::Init(int* error_number) {
   for (int fd : owner_->config_.listeners) listeners_.push_back(std::make_unique<ListenerWatch>(fd));
   if (!pool_.Init()) return failed("pipe2");
   if (!AddListeners()) return failed("epoll_ctl(listener)");
+  const std::vector<int>& datagram_fds = owner_->config_.datagram_listeners;
+  std::vector<int> mine;
+  for (size_t i = index_; i < datagram_fds.size(); i += owner_->config_.workers) mine.push_back(datagram_fds[i]);
+  if (!mine.empty()) {
+    datagram_ = std::make_unique<DatagramForwarder>(owner_, epoll_fd_);
+    std::string error = datagram_->Init(mine, error_number);
+    if (!error.empty()) return error;
+  }
   return "";
 }
 
@@ -122,8 +131,10 @@ void Worker::Run() {
       break;
     }
     now_ = NowMs();
+    if (datagram_) datagram_->set_now(now_);
     for (int i = 0; i < n; ++i) HandleEvent(static_cast<Watch*>(events[i].data.ptr), events[i].events);
     RunReadyQueue();
+    if (datagram_) datagram_->FlushReplies();
     RunTimers(NowMs());
     BuryClosed();
   }
@@ -143,6 +154,12 @@ void Worker::HandleEvent(Watch* watch, uint32_t events) {
       break;
     case Watch::kSide:
       OnSideEvent(static_cast<Side*>(watch), events);
+      break;
+    case Watch::kDatagramListener:
+      datagram_->OnListenerReadable(static_cast<DatagramListener*>(watch));
+      break;
+    case Watch::kSession:
+      datagram_->OnSessionReadable(static_cast<Session*>(watch));
       break;
   }
 }
@@ -167,6 +184,8 @@ void Worker::OnWake() {
 void Worker::AckStopAccepting() {
   assert(!acked_stop_accepting_);
   DropListeners();
+  // Replies leave from the datagram socket: its sessions end with it.
+  if (datagram_) datagram_->Stop();
   resume_accept_at_ = 0;
   acked_stop_accepting_ = true;
   owner_->OnListenersDropped();
@@ -217,6 +236,7 @@ int Worker::NextTimeoutMs(int64_t now) const {
   consider(resume_accept_at_);
   consider(pool_.next_trim_at());
   consider(access_log_.next_flush_at());
+  if (datagram_) consider(datagram_->next_deadline());
   if (deadline < 0) return -1;
   return deadline <= now ? 0 : static_cast<int>(deadline - now);
 }
@@ -260,6 +280,7 @@ void Worker::RunTimers(int64_t now) {
     }
   }
   ExpireIdle(now);
+  if (datagram_) datagram_->Expire(now);
   access_log_.Flush(now, false);
   if (resume_accept_at_ != 0 && now >= resume_accept_at_) {
     resume_accept_at_ = 0;
@@ -795,12 +816,14 @@ void Worker::Close(Connection* c, CloseHow how, EndCause cause, int connect_erro
 // told so with a reset rather than an end that would look complete.
 void Worker::CloseAll() {
   while (all_.linked()) Close(all_.first(), CloseHow::kReset, EndCause::kDrain);
+  if (datagram_) datagram_->Stop();
   BuryClosed();
 }
 
 void Worker::BuryClosed() {
   for (Connection* c : graveyard_) delete c;
   graveyard_.clear();
+  if (datagram_) datagram_->Bury();
 }
 
 }  // namespace proxyd

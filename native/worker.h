@@ -18,6 +18,7 @@
 
 #include "access_log.h"
 #include "connection.h"
+#include "datagram.h"
 #include "forwarder.h"
 #include "list.h"
 #include "pipe_pool.h"
@@ -139,6 +140,8 @@ class Worker {
   PipePool pool_;
   Shovel shovel_;
   AccessLog access_log_;
+  // The datagram sockets this worker owns (one worker per socket), if any.
+  std::unique_ptr<DatagramForwarder> datagram_;
 
   LogThrottle upstream_failure_log_;
   LogThrottle error_log_;

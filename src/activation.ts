@@ -76,8 +76,9 @@ export function socketLabel(socket: PassedSocket, info?: FdInfo): string {
 
 /**
  * Checks each passed fd is a listening SOCK_STREAM socket (as
- * sd_is_socket(fd, 0, SOCK_STREAM, 1) does); returns what each one is.
- * Throws ActivationError naming the first that is not.
+ * sd_is_socket(fd, 0, SOCK_STREAM, 1) does) or a bound UDP socket (its
+ * datagrams are forwarded); returns what each one is. Throws ActivationError
+ * naming the first that is neither.
  */
 export function checkListenFds(sockets: PassedSocket[]): FdInfo[] {
   return sockets.map((socket) => {
@@ -86,6 +87,15 @@ export function checkListenFds(sockets: PassedSocket[]): FdInfo[] {
       info = addon.inspectFd(socket.fd);
     } catch (error) {
       throw new ActivationError(`Failed to determine socket type of ${socketLabel(socket)}: ${(error as Error).message}`);
+    }
+    if (info.socket && info.type === 'dgram') {
+      if (info.family !== 'inet' && info.family !== 'inet6') {
+        throw new ActivationError(`Passed in datagram socket is not a UDP socket: ${socketLabel(socket)} is ${describe(info)}.`);
+      }
+      if (!info.address || /:0$/.test(info.address)) {
+        throw new ActivationError(`Passed in datagram socket is not bound: ${socketLabel(socket)} is ${describe(info)}.`);
+      }
+      return info;
     }
     if (!info.socket || info.type !== 'stream' || !info.listening) {
       throw new ActivationError(

@@ -95,6 +95,8 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
       connectRetry: options.connectRetry,
       idleTimeout: options.idleTimeout,
       keepalive: options.keepalive,
+      udpTimeout: options.udpTimeout,
+      udpSessionsMax: options.udpSessionsMax,
     });
     shutdown.setProxy(proxy);
     proxy.on('log', (level, message) => logger.log(level, message));

@@ -15,6 +15,10 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 export const DEFAULT_RESOLVE_INTERVAL_MS = 30_000;
 /** How long SIGTERM/SIGINT let open connections finish, in ms. */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 5_000;
+/** A UDP session ends after this long without a datagram either way, in ms (conntrack's unreplied UDP timeout). */
+export const DEFAULT_UDP_TIMEOUT_MS = 30_000;
+/** UDP sessions open at once. */
+export const DEFAULT_UDP_SESSIONS_MAX = 4096;
 /** listen(2) backlog of the sockets the proxy binds itself. */
 export const DEFAULT_BACKLOG = 4096;
 
@@ -37,4 +41,6 @@ export const LIMITS = {
   resolveInterval: { min: 1, max: MAX_TIMER_MS },
   connectRetry: { min: 0, max: MAX_TIMER_MS },
   idleTimeout: { min: 0, max: MAX_TIMER_MS },
+  udpTimeout: { min: 1, max: MAX_TIMER_MS },
+  udpSessionsMax: { min: 1, max: 2 ** 32 - 1 },
 } as const;

@@ -28,6 +28,12 @@ export interface EngineOptions {
   keepaliveCount?: number;
   /** Send access log batches (EngineEvent.AccessLog). */
   accessLog?: boolean;
+  /** Bound UDP sockets to forward datagrams from; the engine owns them from now on. */
+  datagramListeners?: number[];
+  /** A UDP session ends after this long without a datagram either way. */
+  udpTimeoutMs?: number;
+  /** UDP sessions open at once (all workers); past it the least recently active is evicted. */
+  udpSessionsMax?: number;
 }
 
 export const enum EngineEvent {
@@ -96,6 +102,18 @@ export interface Addon {
     closedUpstreamReset: number;
     closedError: number;
     closedDrain: number;
+    udpSessions: number;
+    udpSessionsOpened: number;
+    udpSessionsExpired: number;
+    udpSessionsEvicted: number;
+    udpDatagramsToUpstream: number;
+    udpDatagramsToClient: number;
+    udpBytesToUpstream: number;
+    udpBytesToClient: number;
+    udpDropped: number;
+    udpUpstreamRefused: number;
+    /** Connections and UDP sessions open: what busy/idle follow. */
+    open: number;
     firstWorkerPing: number;
   };
   /**
@@ -105,6 +123,8 @@ export interface Addon {
   HISTOGRAMS: Record<'connect' | 'duration', { first: number; bounds: number[] }>;
   /** Creates, binds and listens a non-blocking CLOEXEC stream socket; returns its fd. */
   bindListener(endpoint: NativeEndpoint, backlog?: number): number;
+  /** Creates and binds a non-blocking CLOEXEC UDP socket; returns its fd. */
+  bindDatagram(endpoint: NativeEndpoint): number;
   /** Throws for a closed fd. */
   inspectFd(fd: number): FdInfo;
   closeFd(fd: number): void;

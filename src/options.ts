@@ -5,13 +5,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_RESOLVE_INTERVAL_MS,
-  DEFAULT_WORKERS_CAP, LIMITS, MAX_TIMER_MS,
+  DEFAULT_UDP_SESSIONS_MAX, DEFAULT_UDP_TIMEOUT_MS, DEFAULT_WORKERS_CAP, LIMITS, MAX_TIMER_MS,
 } from './defaults';
 import {
   DEFAULT_KEEPALIVE_COUNT, KEEPALIVE_MAX_COUNT, MAX_DEFAULT_KEEPALIVE_INTERVAL_S, keepaliveSeconds, type KeepaliveOptions,
 } from './keepalive';
 import { parseLogLevel } from './log';
-import { parseAddress, type Address } from './target';
+import { parseAddress, parseListenAddress, type Address } from './target';
 import { USEC_INFINITY, USEC_PER_MSEC, formatTimespan, parseTimespan } from './timespan';
 
 export const PROGRAM = 'socket-proxyd';
@@ -43,6 +43,10 @@ export interface CliOptions {
   idleTimeout: number;
   /** --keepalive, if given (spans in ms). */
   keepalive?: KeepaliveOptions;
+  /** --udp-timeout, in ms. */
+  udpTimeout: number;
+  /** --udp-sessions-max. */
+  udpSessionsMax: number;
 }
 
 export type ParsedCommandLine = { action: 'help' } | { action: 'version' } | { action: 'run'; options: CliOptions };
@@ -92,6 +96,8 @@ const OPTIONS: OptionSpec[] = [
   { long: 'connect-retry', hasArg: true, extension: true },
   { long: 'idle-timeout', hasArg: true, extension: true },
   { long: 'keepalive', hasArg: true, extension: true },
+  { long: 'udp-timeout', hasArg: true, extension: true },
+  { long: 'udp-sessions-max', hasArg: true, extension: true },
 ];
 
 export function helpText(): string {
@@ -115,8 +121,9 @@ port 80. SOCKET is a UNIX socket path, or @NAME for an abstract socket.
 
 Extensions (not in systemd-socket-proxyd):
      --listen=ADDRESS     Listen on ADDRESS (HOST:PORT, [IPv6]:PORT, /path or
-                          @name) besides any sockets passed in; repeatable.
-                          For use without systemd
+                          @name; udp:HOST:PORT for datagrams) besides any
+                          sockets passed in; repeatable. For use without
+                          systemd
      --drain-timeout=SPAN On SIGTERM/SIGINT, stop accepting and let open
                           connections finish for up to SPAN (default ${formatTimespan(DEFAULTS.drainTimeout)};
                           0 closes them at once). A second signal exits at once
@@ -144,9 +151,15 @@ Extensions (not in systemd-socket-proxyd):
                           IDLE, then every INTERVAL (default IDLE/4, 1s-${MAX_DEFAULT_KEEPALIVE_INTERVAL_S}s),
                           dropped after COUNT unanswered (default ${DEFAULT_KEEPALIVE_COUNT}); also
                           TCP_USER_TIMEOUT=IDLE+INTERVAL*COUNT
+     --udp-timeout=SPAN   End a UDP session after SPAN without a datagram
+                          either way (default ${DEFAULT_UDP_TIMEOUT_MS / 1000}s)
+     --udp-sessions-max=N UDP sessions (client addresses) at once; past it the
+                          least recently active one is evicted (default ${DEFAULT_UDP_SESSIONS_MAX})
 
 Listening sockets come from systemd socket activation ($LISTEN_FDS, see
-sd_listen_fds(3)); each must be a listening stream socket. Under systemd it
+sd_listen_fds(3)); each must be a listening stream socket, or a bound UDP
+socket (ListenDatagram=) whose datagrams are forwarded over UDP, each client
+address in a session of its own. Under systemd it
 reports READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 to $NOTIFY_SOCKET
 (use Type=notify), and logs with journal priorities.
 
@@ -278,6 +291,8 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
     resolveInterval: DEFAULTS.resolveInterval,
     connectRetry: 0,
     idleTimeout: 0,
+    udpTimeout: DEFAULT_UDP_TIMEOUT_MS,
+    udpSessionsMax: DEFAULT_UDP_SESSIONS_MAX,
   };
 
   // Applies one option; returns an action for --help/--version.
@@ -299,7 +314,7 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
         return null;
       case 'listen':
         try {
-          o.listen.push(parseAddress(value, undefined, true));
+          o.listen.push(parseListenAddress(value));
         } catch (error) {
           throw new UsageError(`Failed to parse --listen= argument: ${(error as Error).message}`);
         }
@@ -340,6 +355,18 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
       case 'keepalive':
         o.keepalive = parseKeepalive(value);
         return null;
+      case 'udp-timeout':
+        if (parseSpan(spec.long, value) === USEC_INFINITY) throw new UsageError(`--udp-timeout= must be finite: ${value}`);
+        o.udpTimeout = spanMs(spec.long, value);
+        if (o.udpTimeout < 1) throw new UsageError(`--udp-timeout= is too short: ${value}`);
+        return null;
+      case 'udp-sessions-max': {
+        const n = parseUnsigned(value);
+        if (n === null) throw new UsageError(`Failed to parse --udp-sessions-max= argument: ${value}`);
+        if (n < 1) throw new UsageError(`--udp-sessions-max= must be at least 1: ${value}`);
+        o.udpSessionsMax = n;
+        return null;
+      }
       default:
         throw new Error(`unhandled option --${spec.long}`);
     }

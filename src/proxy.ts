@@ -5,7 +5,7 @@
 import { EventEmitter } from 'node:events';
 import {
   DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_PIPE_SIZE,
-  DEFAULT_RESOLVE_INTERVAL_MS, LIMITS, defaultWorkers,
+  DEFAULT_RESOLVE_INTERVAL_MS, DEFAULT_UDP_SESSIONS_MAX, DEFAULT_UDP_TIMEOUT_MS, LIMITS, defaultWorkers,
 } from './defaults';
 import {
   ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE, ERR_PROXY_CLOSED, ERR_PROXY_STARTED, ERR_PROXY_START_FAILED,
@@ -15,7 +15,9 @@ import { keepaliveSeconds, type KeepaliveOptions, type KeepaliveSeconds } from '
 import { LogLevel } from './log';
 import { addon, EngineEvent, type NativeEndpoint, type NativeEngine } from './native';
 import { longTimeout } from './timers';
-import { formatAddress, isLiteral, parseAddress, resolveAddress, toEndpoint, type Address } from './target';
+import {
+  formatAddress, isLiteral, parseAddress, parseListenAddress, resolveAddress, toEndpoint, type Address,
+} from './target';
 
 export { LogLevel };
 export type { KeepaliveOptions };
@@ -26,9 +28,15 @@ export interface SocketProxyOptions {
    * means port 80), or an Address as parseAddress() returns it.
    */
   target: string | Address;
-  /** Listening sockets to take over (e.g. inherited from systemd). The proxy owns and closes them. */
+  /**
+   * Sockets to take over (e.g. inherited from systemd): listening stream sockets, and bound UDP sockets
+   * whose datagrams are forwarded. The proxy owns and closes them.
+   */
   fds?: number[];
-  /** Addresses to bind and listen on, same syntax as `target` (a port is required; 0 picks a free one). */
+  /**
+   * Addresses to bind and listen on, same syntax as `target` (a port is required; 0 picks a free one);
+   * "udp:HOST:PORT" binds a UDP socket for datagram forwarding.
+   */
   listen?: (string | Address)[];
   /** Simultaneous connections; the next client is closed at once. Default 256. */
   maxConnections?: number;
@@ -58,6 +66,10 @@ export interface SocketProxyOptions {
   idleTimeout?: number;
   /** TCP keepalive (and TCP_USER_TIMEOUT) on both TCP sockets of every connection. Default: off. */
   keepalive?: KeepaliveOptions;
+  /** A UDP session ends after this many ms without a datagram either way. Default 30000. */
+  udpTimeout?: number;
+  /** UDP sessions open at once; past it the least recently active one is evicted. Default 4096. */
+  udpSessionsMax?: number;
 }
 
 export interface ProxyStats {
@@ -83,6 +95,19 @@ export interface ProxyStats {
   idleTimeouts: number;
   /** Clients that waited for a refusing upstream (`connectRetry`). */
   retriedConnects: number;
+  /** UDP sessions open now, and since start: opened, ended by `udpTimeout`, evicted at `udpSessionsMax`. */
+  udpSessions: number;
+  udpSessionsOpened: number;
+  udpSessionsExpired: number;
+  udpSessionsEvicted: number;
+  udpDatagramsToUpstream: number;
+  udpDatagramsToClient: number;
+  udpBytesToUpstream: number;
+  udpBytesToClient: number;
+  /** Datagrams not forwarded: a full socket buffer, or no session to be had. */
+  udpDropped: number;
+  /** ICMP port unreachable reports from the upstream. */
+  udpUpstreamRefused: number;
 }
 
 const RESOLVE_RETRY_MS = 1000;
@@ -118,6 +143,8 @@ interface ProxyConfig {
   connectRetry: number;
   idleTimeout: number;
   keepalive: KeepaliveSeconds | null;
+  udpTimeout: number;
+  udpSessionsMax: number;
 }
 
 type Limit = { readonly min: number; readonly max: number };
@@ -142,7 +169,7 @@ function checkInteger(value: unknown, what: string, { min, max }: Limit): number
 function checkAddress(value: unknown, what: string, listening: boolean): Address {
   if (typeof value === 'string') {
     try {
-      return listening ? parseAddress(value, undefined, true) : parseAddress(value, 80);
+      return listening ? parseListenAddress(value) : parseAddress(value, 80);
     } catch (error) {
       throw codedError(ERR_INVALID_ARG_VALUE, `${what}: ${(error as Error).message}`, RangeError);
     }
@@ -158,7 +185,8 @@ function checkAddress(value: unknown, what: string, listening: boolean): Address
   if (a && typeof a === 'object' && a.kind === 'inet' && typeof a.host === 'string' && typeof a.port === 'number') {
     const port = checkInteger(a.port, `${what}.port`, { min: listening ? 0 : 1, max: 65535 });
     if (a.host === '') throw codedError(ERR_INVALID_ARG_VALUE, `${what}.host is empty`, RangeError);
-    return { kind: 'inet', host: a.host, port };
+    const udp = listening && (a as { udp?: unknown }).udp === true;
+    return udp ? { kind: 'inet', host: a.host, port, udp } : { kind: 'inet', host: a.host, port };
   }
   throw codedError(
     ERR_INVALID_ARG_TYPE,
@@ -195,6 +223,8 @@ function checkOptions(options: SocketProxyOptions): ProxyConfig {
     connectRetry: integerOption(options, 'connectRetry', 0),
     idleTimeout: integerOption(options, 'idleTimeout', 0),
     keepalive: checkKeepalive(options.keepalive),
+    udpTimeout: integerOption(options, 'udpTimeout', DEFAULT_UDP_TIMEOUT_MS),
+    udpSessionsMax: integerOption(options, 'udpSessionsMax', DEFAULT_UDP_SESSIONS_MAX),
   };
 }
 
@@ -237,8 +267,10 @@ export class SocketProxy extends EventEmitter {
   private acceptingStopped = false;
   /** Connections open when close() cut them. */
   private cutByClose = 0;
-  /** Listening sockets start() owns and has not handed to the engine yet. */
+  /** Sockets start() owns and has not handed to the engine yet. */
   private pending: number[] = [];
+  /** Whether any of them forwards datagrams (known after start()). */
+  private datagrams = false;
   /** 'busy' and 'idle' events emitted so far (busy while busyCount > idleCount). */
   private busyCount = 0;
   private idleCount = 0;
@@ -270,16 +302,30 @@ export class SocketProxy extends EventEmitter {
     const c = this.config;
     // From here on the proxy owns the passed fds.
     this.pending = [...c.fds];
+    const streams: number[] = [];
+    const datagrams: number[] = [];
     try {
-      for (const address of c.listen) this.pending.push(addon.bindListener(toEndpoint(address), c.backlog));
+      for (const address of c.listen) {
+        this.pending.push(
+          address.kind === 'inet' && address.udp
+            ? addon.bindDatagram(toEndpoint(address))
+            : addon.bindListener(toEndpoint(address), c.backlog),
+        );
+      }
       if (this.pending.length === 0) {
         throw codedError(ERR_INVALID_ARG_VALUE, 'no listening sockets: pass fds or listen addresses', RangeError);
       }
-      this.listening = this.pending.map((fd) => addon.inspectFd(fd).address ?? `fd ${fd}`);
+      this.listening = this.pending.map((fd) => {
+        const info = addon.inspectFd(fd);
+        (info.type === 'dgram' ? datagrams : streams).push(fd);
+        const address = info.address ?? `fd ${fd}`;
+        return info.type === 'dgram' ? `udp:${address}` : address;
+      });
     } catch (error) {
       this.fail();
       throw withCode(error, ERR_INVALID_ARG_VALUE);
     }
+    this.datagrams = datagrams.length > 0;
 
     let targets: NativeEndpoint[] = [];
     let resolveError: unknown = null;
@@ -294,7 +340,8 @@ export class SocketProxy extends EventEmitter {
     let engine: NativeEngine;
     try {
       engine = new addon.Engine({
-        listeners: this.pending,
+        listeners: streams,
+        datagramListeners: datagrams,
         targets,
         maxConnections: c.maxConnections,
         workers: c.workers,
@@ -309,6 +356,8 @@ export class SocketProxy extends EventEmitter {
           keepaliveInterval: c.keepalive.interval,
           keepaliveCount: c.keepalive.count,
         }),
+        udpTimeoutMs: c.udpTimeout,
+        udpSessionsMax: c.udpSessionsMax,
       });
     } catch (error) {
       this.fail();
@@ -349,7 +398,22 @@ export class SocketProxy extends EventEmitter {
       spliceReads: read(K.spliceReads),
       idleTimeouts: read(K.idleTimeouts),
       retriedConnects: read(K.retriedConnects),
+      udpSessions: read(K.udpSessions),
+      udpSessionsOpened: read(K.udpSessionsOpened),
+      udpSessionsExpired: read(K.udpSessionsExpired),
+      udpSessionsEvicted: read(K.udpSessionsEvicted),
+      udpDatagramsToUpstream: read(K.udpDatagramsToUpstream),
+      udpDatagramsToClient: read(K.udpDatagramsToClient),
+      udpBytesToUpstream: read(K.udpBytesToUpstream),
+      udpBytesToClient: read(K.udpBytesToClient),
+      udpDropped: read(K.udpDropped),
+      udpUpstreamRefused: read(K.udpUpstreamRefused),
     };
+  }
+
+  /** True if a socket it forwards from is a UDP socket (known once start() resolved). */
+  get forwardsDatagrams(): boolean {
+    return this.datagrams;
   }
 
   /** Connections open now. */
@@ -482,7 +546,8 @@ export class SocketProxy extends EventEmitter {
       // Atomic (ordered) loads, periods first: a worker bumps active, then
       // periods (release), so a new period seen here comes with its active count.
       const periods = Number(Atomics.load(this.counters, addon.COUNTERS.busyPeriods));
-      const active = this.state === 'closed' ? 0 : Number(Atomics.load(this.counters, addon.COUNTERS.active));
+      // Connections and UDP sessions both make the proxy busy.
+      const active = this.state === 'closed' ? 0 : Number(Atomics.load(this.counters, addon.COUNTERS.open));
       const busy = () => this.busyCount > this.idleCount;
       const emitBusy = () => {
         this.busyCount++;

@@ -27,6 +27,7 @@ export class StatusReporter {
     if (s.refused) parts.push(`${s.refused} refused at the limit`);
     if (s.upstreamFailed) parts.push(`${s.upstreamFailed} failed to connect`);
     if (s.idleTimeouts) parts.push(`${s.idleTimeouts} closed idle`);
+    if (this.proxy.forwardsDatagrams) parts.push(plural(s.udpSessions, 'UDP session'));
     return `${this.stopping ? 'Stopping' : 'Forwarding'} to ${this.target}: ${parts.join(', ')}`;
   }
 

@@ -5,7 +5,8 @@ import type { NativeEndpoint } from './native';
 
 export type Address =
   | { kind: 'unix'; path: string }
-  | { kind: 'inet'; host: string; port: number };
+  /** `udp`: a datagram (UDP) address, for listening ("udp:HOST:PORT"). */
+  | { kind: 'inet'; host: string; port: number; udp?: boolean };
 
 /**
  * Parses an address the way systemd-socket-proxyd does, plus brackets: a path
@@ -50,7 +51,19 @@ export function parseAddress(spec: string, defaultPort?: number, allowPortZero =
 
 export function formatAddress(address: Address): string {
   if (address.kind === 'unix') return address.path;
-  return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+  const text = address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+  return address.udp ? `udp:${text}` : text;
+}
+
+/**
+ * A listening address: parseAddress's syntax (a port required, 0 allowed),
+ * or "udp:HOST:PORT" / "udp:[IPv6]:PORT" for a datagram socket.
+ */
+export function parseListenAddress(spec: string): Address {
+  if (!spec.startsWith('udp:')) return parseAddress(spec, undefined, true);
+  const address = parseAddress(spec.slice(4), undefined, true);
+  if (address.kind !== 'inet') throw new Error(`a UDP address needs HOST:PORT, not "${address.path}"`);
+  return { ...address, udp: true };
 }
 
 /** True when connecting needs no resolver: a UNIX path or an IP literal. */

@@ -76,7 +76,11 @@ test('the tarball holds what a user needs, and nothing else', () => {
   for (const f of fs.readdirSync(path.join(ROOT, 'native'))) {
     assert.ok(files.includes(`native/${f}`), `native/${f} is not in the tarball`);
   }
-  const allowed = /^(package\.json|README\.md|LICENSE|binding\.gyp|CMakeLists\.txt|bin\/[^/]+|dist\/[^/]+\.(js|d\.ts)|native\/[^/]+\.(cc|h)|prebuilds\/linux-(x64|arm64)\/socket-proxyd\.glibc\.node)$/;
+  // the systemd units (test-systemd/ runs them under systemd)
+  for (const f of fs.readdirSync(path.join(ROOT, 'units'), { recursive: true })) {
+    if (fs.statSync(path.join(ROOT, 'units', f)).isFile()) assert.ok(files.includes(`units/${f}`), `units/${f} is not in the tarball`);
+  }
+  const allowed = /^(package\.json|README\.md|LICENSE|binding\.gyp|CMakeLists\.txt|bin\/[^/]+|dist\/[^/]+\.(js|d\.ts)|native\/[^/]+\.(cc|h)|prebuilds\/linux-(x64|arm64)\/socket-proxyd\.glibc\.node|units\/[^/]+\/(proxy-to-nginx\.(socket|service)|nginx\.service\.d\/[^/]+\.conf))$/;
   const extra = files.filter((f) => !allowed.test(f));
   assert.deepEqual(extra, [], `unexpected files in the tarball`);
   // every dist/*.js has its declarations
