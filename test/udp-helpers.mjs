@@ -190,15 +190,19 @@ const familyOf = (host) => (net.isIPv6(host) ? 'udp6' : 'udp4');
 
 /**
  * A UDP echo server on `host` (port 0 unless given) that answers each datagram with `prefix` +
- * the datagram, from the address it was sent to. Records every sender: {port, target, senders
- * (array of "addr:port" in order), received, close()}.
+ * the datagram, from the address it was sent to. Records every datagram: {port, target, senders
+ * ("addr:port" of each, in order), log ({from, size, text} of each; text for those up to 256
+ * bytes), received, close()}.
  */
 export async function udpEchoServer(host = '127.0.0.1', { port = 0, prefix = '' } = {}) {
   const socket = dgram.createSocket({ type: familyOf(host), ipv6Only: net.isIPv6(host), recvBufferSize: 4 << 20, sendBufferSize: 4 << 20 });
   const senders = [];
+  const log = [];
   const head = Buffer.from(prefix);
   socket.on('message', (msg, rinfo) => {
-    senders.push(`${rinfo.address}:${rinfo.port}`);
+    const from = `${rinfo.address}:${rinfo.port}`;
+    senders.push(from);
+    log.push({ from, size: msg.length, text: msg.length <= 256 ? msg.toString() : null });
     socket.send(head.length ? Buffer.concat([head, msg]) : msg, rinfo.port, rinfo.address);
   });
   socket.on('error', () => {});
@@ -209,6 +213,9 @@ export async function udpEchoServer(host = '127.0.0.1', { port = 0, prefix = '' 
     port: bound,
     target: net.isIPv6(host) ? `[${host}]:${bound}` : `${host}:${bound}`,
     senders,
+    log,
+    /** The sender of the datagram whose text was `text` (the last one). */
+    from: (text) => log.findLast((e) => e.text === text)?.from,
     get received() {
       return senders.length;
     },
@@ -241,4 +248,43 @@ export async function udpRequest(socket, payload, port, host = '127.0.0.1', ms =
   } finally {
     socket.off('message', onMessage);
   }
+}
+
+// ---------------------------------------------------------------------------
+// What the kernel says about a process's UDP sockets (/proc/net/udp, /proc/net/udp6)
+
+/** Rows of /proc/net/udp and udp6: {localPort, remotePort, inode}. */
+function udpTable() {
+  const rows = [];
+  for (const file of ['/proc/net/udp', '/proc/net/udp6']) {
+    for (const line of fs.readFileSync(file, 'utf8').split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 10) continue;
+      rows.push({ localPort: parseInt(f[1].split(':')[1], 16), remotePort: parseInt(f[2].split(':')[1], 16), inode: Number(f[9]) });
+    }
+  }
+  return rows;
+}
+
+/** True once some UDP socket is bound to `port` (any address). */
+export const udpBound = (port) => udpTable().some((r) => r.localPort === port && r.remotePort === 0);
+
+/** Resolves once a UDP socket is bound to `port`; throws after `ms`. */
+export async function waitUdpBound(port, ms = 10_000) {
+  if (!(await waitFor(() => udpBound(port), ms))) throw new Error(`nothing bound UDP port ${port} within ${ms} ms`);
+}
+
+/** How many of process `pid`'s fds are UDP sockets connected to port `remotePort` (its upstream sockets). */
+export function udpSocketsTo(pid, remotePort) {
+  const inodes = new Set(udpTable().filter((r) => r.remotePort === remotePort).map((r) => r.inode));
+  let n = 0;
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m && inodes.has(Number(m[1]))) n++;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return n;
 }

@@ -21,7 +21,8 @@ import {
   ACTIVATE, CLI, activate, activateSockets, closed, connectTo, fdCount, notifyReceiver, pattern, sha256, waitFor, within,
 } from './helpers.mjs';
 import {
-  dig, freeDualPort, hostA, hostName, hostTxt, requireTools, startNsd, udpClient, udpEchoServer, udpRequest,
+  dig, freeDualPort, hostA, hostName, hostTxt, requireTools, startNsd, udpClient, udpEchoServer, udpRequest, udpSocketsTo,
+  waitUdpBound,
 } from './udp-helpers.mjs';
 
 requireTools(); // dig, nsd, python3, systemd-socket-activate: loudly, never a skip
@@ -61,13 +62,14 @@ const proxyLines = (child) => {
 
 /**
  * Starts our CLI as systemd does for ListenDatagram=ADDR: `systemd-socket-activate --datagram -l
- * ADDR node bin/socket-proxyd ARGS…`. Resolves {child, port, host} once the socket is bound (the
+ * ADDR node bin/socket-proxyd ARGS…` (`extra`: more of its options; the proxy gets only the variables
+ * named with -E, as a service gets only its unit's). Resolves {child, port, host} once the socket is bound (the
  * proxy itself is exec'd by the first datagram sent to it).
  */
-async function activateDatagram(args, { host = '127.0.0.1', env = {} } = {}) {
+async function activateDatagram(args, { host = '127.0.0.1', extra = [] } = {}) {
   const port = await freeDualPort();
   const listen = net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
-  const child = activate(listen, process.execPath, [CLI, ...args], { extra: ['--datagram'], env: cleanEnv(env) });
+  const child = activate(listen, process.execPath, [CLI, ...args], { extra: ['--datagram', ...extra], env: cleanEnv() });
   children.add(child);
   child.exited.catch(() => {});
   const ok = await waitFor(() => /Listening on/.test(child.stderrText) || !alive(child), 10_000);
@@ -160,14 +162,12 @@ test('50 concurrent dig clients through a hostname target (localhost:PORT): each
     const first = await dig('127.0.0.1', port, hostName(100), 'TXT');
     assert.deepEqual(first.answers, [hostTxt(100)], first.stdout + first.stderr);
     const pid = await proxyRunning(child);
-    const base = await fdCount(pid);
     const n = 50;
     const results = await Promise.all(Array.from({ length: n }, (_, i) => dig('127.0.0.1', port, hostName(i), i % 2 ? 'TXT' : 'A', { time: 10 })));
     results.forEach((r, i) => assert.deepEqual(r.answers, [i % 2 ? hostTxt(i) : hostA(i)], `client ${i}: ${r.stdout}${r.stderr}`));
     // Every dig used its own source port, so each has its own connected upstream socket, open
     // until --udp-timeout (30 s by default).
-    const fds = await fdCount(pid);
-    assert.ok(fds >= base + n, `${fds} fds with ${n + 1} sessions open, ${base} with one`);
+    assert.equal(udpSocketsTo(pid, nsd.port), n + 1, 'upstream sockets of the proxy');
     await stopOk(child);
   } finally {
     if (alive(child)) child.kill('SIGKILL');
@@ -304,11 +304,17 @@ test('library: udpSessionsMax=3 — a 4th client evicts the least recently activ
         assert.equal(msg.toString(), text);
         return echo.senders.at(-1);
       };
-      const pa = await via(a, 'a1');
-      const pb = await via(b, 'b1');
-      const pc = await via(c, 'c1');
-      assert.equal(await via(a, 'a2'), pa, 'a kept its session');
-      // A full table: d takes the place of b, the least recently active (a was refreshed).
+      // a, b, c, then a again, sent in one burst (one batch for the proxy, likely one clock tick).
+      const got = new Map([[a, []], [b, []], [c, []]]);
+      for (const s of got.keys()) s.on('message', (m) => got.get(s).push(m.toString()));
+      for (const [s, text] of [[a, 'a1'], [b, 'b1'], [c, 'c1'], [a, 'a2']]) s.send(text, port, '127.0.0.1');
+      assert.ok(await waitFor(() => got.get(a).length === 2 && got.get(b).length === 1 && got.get(c).length === 1, 10_000), 'the burst was not answered');
+      for (const s of got.keys()) s.removeAllListeners('message');
+      assert.deepEqual([...got.values()], [['a1', 'a2'], ['b1'], ['c1']]);
+      const [pa, pb, pc] = ['a1', 'b1', 'c1'].map(echo.from);
+      assert.equal(echo.from('a2'), pa, 'a kept its session');
+      assert.equal(new Set([pa, pb, pc]).size, 3);
+      // A full table: d takes the place of b, the least recently active (a was used after it).
       await via(d, 'd1');
       assert.equal(proxy.stats.udpSessionsEvicted, 1);
       assert.equal(proxy.stats.udpSessions, 3);
@@ -366,30 +372,31 @@ test('library: ICMP port unreachable from the upstream is counted (udpUpstreamRe
 /** Fields of a notification ("READY=1\nSTATUS=…") as an object. */
 const fields = (text) => Object.fromEntries(text.split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
 
-test('CLI --udp-timeout=1s: the sessions end (fds back, STATUS= shows them open then gone)', async () => {
+test('CLI --udp-timeout=2s: sessions end after 2 s without a datagram (upstream sockets closed, fds back, STATUS= shows them open then gone)', async () => {
   const notify = await notifyReceiver(tmpPath('notify.sock'));
   const echo = await udpEchoServer('127.0.0.1');
-  const { child, port } = await activateDatagram(['--udp-timeout=1s', echo.target], { env: { NOTIFY_SOCKET: notify.address } });
+  const { child, port } = await activateDatagram(['--udp-timeout=2s', echo.target], { extra: ['-E', `NOTIFY_SOCKET=${notify.address}`] });
   const socks = await clients(5);
   try {
-    // The first datagram starts the proxy: one session. Its end is the baseline.
-    const t0 = Date.now();
+    // The first datagram starts the proxy: one session, one upstream socket, until it expires.
     await udpRequest(socks[0], 'wake up', port, '127.0.0.1', 15_000);
+    const t1 = Date.now();
     const pid = await proxyRunning(child);
     const withOne = await fdCount(pid);
-    const dropped = await waitFor(async () => (await fdCount(pid)) < withOne, 10_000);
-    assert.ok(dropped, `fd count stayed at ${withOne}`);
-    assert.ok(Date.now() - t0 >= 900, `the session ended after ${Date.now() - t0} ms (--udp-timeout=1s)`);
+    assert.equal(udpSocketsTo(pid, echo.port), 1);
+    assert.ok(await waitFor(() => udpSocketsTo(pid, echo.port) === 0, 10_000), 'the session did not end');
+    const took = Date.now() - t1;
+    assert.ok(took >= 1900, `the session ended ${took} ms after its last datagram (--udp-timeout=2s)`);
     const base = await fdCount(pid);
-    assert.equal(base, withOne - 1, 'one upstream socket per session');
+    assert.equal(base, withOne - 1, 'only its upstream socket was closed');
 
     await Promise.all(socks.map((s, i) => udpRequest(s, `client ${i}`, port)));
-    assert.equal(await fdCount(pid), base + 5);
-    const open = await notify.wait(/^STATUS=.*\b5\b[^,]*UDP/m);
-    assert.match(fields(open.text).STATUS, /UDP/);
-    const back = await waitFor(async () => (await fdCount(pid)) === base, 10_000);
-    assert.ok(back, `fds: ${await fdCount(pid)}, ${base} before the sessions`);
-    await notify.wait(/^STATUS=.*\b0\b[^,]*UDP/m);
+    assert.equal(udpSocketsTo(pid, echo.port), 5);
+    const open = await notify.wait(/^STATUS=.*\b5 UDP sessions\b/m);
+    assert.match(fields(open.text).STATUS, /^Forwarding to /);
+    assert.ok(await waitFor(() => udpSocketsTo(pid, echo.port) === 0, 10_000), 'the 5 sessions did not end');
+    assert.ok(await waitFor(async () => (await fdCount(pid)) === base, 5_000), `fds: ${await fdCount(pid)}, ${base} before the sessions`);
+    await notify.wait(/^STATUS=.*\b0 UDP sessions\b/m);
     await stopOk(child);
   } finally {
     closeAll(socks);
@@ -408,9 +415,9 @@ test('CLI --udp-sessions-max=2: a 3rd client evicts the oldest session (its upst
     const pa = echo.senders.at(-1);
     const pid = await proxyRunning(child);
     await udpRequest(b, 'b', port);
-    const two = await fdCount(pid);
+    assert.equal(udpSocketsTo(pid, echo.port), 2);
     await udpRequest(c, 'c', port);
-    assert.equal(await fdCount(pid), two, 'still two sessions: one was evicted for the third');
+    assert.equal(udpSocketsTo(pid, echo.port), 2, 'still two sessions: one was evicted for the third');
     await udpRequest(b, 'b again', port);
     await udpRequest(c, 'c again', port);
     assert.equal(new Set(echo.senders).size, 3, 'b and c kept their sessions');
@@ -459,6 +466,7 @@ test('a stream and a datagram socket passed together (ListenStream= + ListenData
   child.exited.catch(() => {});
   const client = await udpClient();
   try {
+    await waitUdpBound(udpPort);
     // The datagram socket was bound before the exec: this waits in it until the proxy reads it.
     const { msg } = await udpRequest(client, 'over udp', udpPort, '127.0.0.1', 15_000);
     assert.equal(msg.toString(), 'udp:over udp');
@@ -517,31 +525,42 @@ test('wildcard binds (0.0.0.0, and [::] dual-stack): the reply comes from the ad
   );
   children.add(child);
   child.exited.catch(() => {});
-  const c4 = await udpClient('127.0.0.1');
-  const c6 = await udpClient('::1');
+  const socks = [];
+  const client = async (host) => {
+    const s = await udpClient(host);
+    socks.push(s);
+    return s;
+  };
+  const roundTrip = async (s, port, to) => {
+    const { msg, rinfo } = await udpRequest(s, `to ${to}`, port, to, 15_000);
+    assert.equal(msg.toString(), `to ${to}`);
+    assert.deepEqual([rinfo.address.replace(/^::ffff:/, ''), rinfo.port], [to, port], `sent to ${to}:${port}, the reply came from another address`);
+  };
   try {
-    for (const [client, port, to] of [
-      [c4, p4, '127.0.0.2'],
-      [c4, p4, '127.0.0.1'],
-      [c4, p6, '127.0.0.3'],
-      [c6, p6, '::1'],
-    ]) {
-      const { msg, rinfo } = await udpRequest(client, `to ${to}`, port, to, 15_000);
-      assert.equal(msg.toString(), `to ${to}`);
-      assert.deepEqual([rinfo.address.replace(/^::ffff:/, ''), rinfo.port], [to, port], `sent to ${to}:${port}`);
-    }
+    await waitUdpBound(p4);
+    await waitUdpBound(p6);
+    // A client each: 127.0.0.2 and 127.0.0.1 on 0.0.0.0; 127.0.0.3 (IPv4-mapped) and ::1 on [::].
+    await roundTrip(await client('127.0.0.1'), p4, '127.0.0.2');
+    await roundTrip(await client('127.0.0.1'), p4, '127.0.0.1');
+    await roundTrip(await client('127.0.0.1'), p6, '127.0.0.3');
+    await roundTrip(await client('::1'), p6, '::1');
     // dig checks the source of the reply too.
-    await stopOk(child);
     const port = await freeDualPort();
     const nsdProxy = activateSockets([{ type: 'dgram', host: '0.0.0.0', port }], process.execPath, [CLI, `127.0.0.1:${nsd.port}`], { env: cleanEnv() });
     children.add(nsdProxy);
     nsdProxy.exited.catch(() => {});
+    await waitUdpBound(port);
     const r = await dig('127.0.0.2', port, hostName(42), 'A');
     assert.deepEqual(r.answers, [hostA(42)], r.stdout + r.stderr);
     await stopOk(nsdProxy);
+    // One client (one source address and port) sending to two addresses of the same socket:
+    // each reply from the address that datagram was sent to.
+    const both = await client('127.0.0.1');
+    await roundTrip(both, p4, '127.0.0.4');
+    await roundTrip(both, p4, '127.0.0.5');
+    await stopOk(child);
   } finally {
-    c4.close();
-    c6.close();
+    closeAll(socks);
     if (alive(child)) child.kill('SIGKILL');
     await echo.close();
   }
