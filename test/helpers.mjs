@@ -486,9 +486,9 @@ export async function exchange(socket, text, ms = 10_000) {
  * ListenDatagram= passes them (systemd-socket-activate applies --datagram to every -l, so it
  * cannot mix kinds): python3 makes one socket per spec, in order from fd 3, sets LISTEN_FDS,
  * LISTEN_PID (and LISTEN_FDNAMES when every spec has a name) and execs `command args…` at once.
- * A spec is {type: 'stream' | 'dgram', host, port, name?, bind?}; host '::'-style IPv6 literals
- * make AF_INET6 sockets (dual-stack, as systemd's BindIPv6Only=default); bind: false leaves a
- * datagram socket unbound. Returns a spawnCollecting child.
+ * A spec is {type: 'stream' | 'dgram', host, port, name?, bind?} or {type, path} (AF_UNIX);
+ * IPv6 literals make AF_INET6 sockets (dual-stack, as systemd's BindIPv6Only=default); bind:
+ * false leaves a datagram socket unbound. Returns a spawnCollecting child.
  */
 export function activateSockets(specs, command, args, { env = {} } = {}) {
   const script = `
@@ -496,14 +496,20 @@ import json, os, socket, sys
 specs = json.loads(sys.argv[1])
 made = []
 for s in specs:
-    fam = socket.AF_INET6 if ':' in s['host'] else socket.AF_INET
     kind = socket.SOCK_STREAM if s['type'] == 'stream' else socket.SOCK_DGRAM
-    k = socket.socket(fam, kind)
-    if fam == socket.AF_INET6:
-        k.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    if 'path' in s:
+        k = socket.socket(socket.AF_UNIX, kind)
+        if s.get('bind', True):
+            k.bind(s['path'])
+    else:
+        fam = socket.AF_INET6 if ':' in s['host'] else socket.AF_INET
+        k = socket.socket(fam, kind)
+        if fam == socket.AF_INET6:
+            k.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if s.get('bind', True):
+            k.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            k.bind((s['host'], s['port']))
     if s.get('bind', True):
-        k.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        k.bind((s['host'], s['port']))
         if kind == socket.SOCK_STREAM:
             k.listen(128)
     made.append(k.detach())
