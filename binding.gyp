@@ -16,6 +16,7 @@
         "native/shovel.cc",
         "native/socket_options.cc",
         "native/syscalls.cc",
+        "native/upstream.cc",
         "native/worker.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

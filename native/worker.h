@@ -1,4 +1,5 @@
-// A worker: one thread, one epoll instance. It accepts clients from the shared
+// A worker: one thread, one epoll instance (worker.cc; connecting upstream is
+// in upstream.cc). It accepts clients from the shared
 // listening sockets, connects each to the target (every address in turn, each
 // bounded by the connect timeout; again and again while the target refuses,
 // with --connect-retry), sends the PROXY protocol header if asked, and runs
@@ -46,6 +47,10 @@ struct ListenerWatch : Watch {
 
 class Worker {
  public:
+  // Out of fds: how long clients wait in the backlog, and connections for a
+  // socket or a pipe, before the next try.
+  static constexpr int kRetryAfterShortageMs = 100;
+
   Worker(Forwarder* owner, unsigned index);
   ~Worker();
   Worker(const Worker&) = delete;
@@ -81,7 +86,7 @@ class Worker {
   void ResumeAccepting();
   void DropListeners();
 
-  // Connecting
+  // Connecting (upstream.cc)
   void ConnectNext(Connection* c, int last_error);
   bool WaitForResources(Connection* c, int err);
   bool RetryLater(Connection* c, int err);

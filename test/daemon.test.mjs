@@ -7,13 +7,14 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  CLI, REFERENCE, abstractEchoServer, activateSockets, abstractName, abstractRoundTrip, activate, activateProxy, closed,
+  ACTIVATE, CLI, REFERENCE, abstractEchoServer, activateSockets, abstractName, abstractRoundTrip, activate, activateProxy, closed,
   collect, connect, connectTo, echoServer, exchange, freePort, notifyReceiver, pattern, sha256, startServer, stop, waitFor, waitForPort, within,
 } from './helpers.mjs';
 import { burst, request, supervise } from './lifecycle-helpers.mjs';
@@ -192,6 +193,45 @@ test('a passed datagram socket that is not UDP (AF_UNIX): one error line, exit 1
     assert.equal(out.length, 1, child.stderrText);
     if (program[0] === process.execPath) assert.match(out[0], /^Passed in datagram socket is not a UDP socket: fd 3 is /);
     else assert.match(out[0], /^Passed in socket is not a stream socket/);
+  }
+});
+
+test('a passed datagram socket: the reference refuses it (one error line, exit 1); ours forwards its datagrams', async () => {
+  const upstream = dgram.createSocket('udp4');
+  upstream.on('message', (m, r) => upstream.send(Buffer.concat([Buffer.from('echo '), m]), r.port, r.address));
+  await new Promise((resolve) => upstream.bind(0, '127.0.0.1', resolve));
+  const target = `127.0.0.1:${upstream.address().port}`;
+  try {
+    for (const program of [[REFERENCE], [process.execPath, CLI]]) {
+      const port = await freePort();
+      const child = track(spawn(ACTIVATE, ['--datagram', '-l', `127.0.0.1:${port}`, ...program, target], { env: baseEnv(), stdio: ['ignore', 'ignore', 'pipe'] }));
+      await waitFor(() => /Listening on/.test(child.stderrText));
+      const udp = dgram.createSocket('udp4');
+      const replies = [];
+      udp.on('message', (m) => replies.push(m.toString()));
+      try {
+        if (program[0] === REFERENCE) {
+          udp.send('wake up', port, '127.0.0.1');
+          const r = await within(child.exited, 10000, 'did not exit');
+          assert.deepEqual(r, { code: 1, signal: null }, child.stderrText);
+          const out = linesAfterExec(child.stderrText);
+          assert.equal(out.length, 1, child.stderrText);
+          assert.match(out[0], /^Passed in socket is not a stream socket/);
+        } else {
+          // The first datagram makes systemd-socket-activate exec the proxy; it is forwarded too.
+          udp.send('wake up', port, '127.0.0.1');
+          assert.ok(await waitFor(() => replies.includes('echo wake up'), 10_000), child.stderrText);
+          udp.send('again', port, '127.0.0.1');
+          assert.ok(await waitFor(() => replies.includes('echo again'), 10_000), child.stderrText);
+          assert.match(child.stderrText, /Listening on fd 3 \(127\.0\.0\.1:\d+\)/);
+          await stop(child);
+        }
+      } finally {
+        udp.close();
+      }
+    }
+  } finally {
+    upstream.close();
   }
 });
 
