@@ -1,7 +1,7 @@
 // Datagram plumbing for the UDP suite and the bench's dns workload: a real DNS server (NSD, run
 // in the foreground from a temporary directory with a zone generated here), dig, Node UDP echo
 // servers and clients. Nothing here skips: a missing program is a loud error.
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import { once } from 'node:events';
 import fs from 'node:fs';

@@ -18,7 +18,7 @@ import path from 'node:path';
 
 import { SocketProxy } from '../dist/index.js';
 import {
-  ACTIVATE, CLI, activate, activateSockets, closed, connectTo, fdCount, notifyReceiver, pattern, sha256, waitFor, within,
+  CLI, activate, activateSockets, closed, connectTo, fdCount, notifyReceiver, pattern, sha256, waitFor, within,
 } from './helpers.mjs';
 import {
   dig, freeDualPort, hostA, hostName, hostTxt, requireTools, startNsd, udpClient, udpEchoServer, udpRequest, udpSocketsTo,
