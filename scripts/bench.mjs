@@ -96,6 +96,9 @@ const WORKLOADS = [
       { id: 'dns-p99', label: 'dnsperf -c100 -q200 to NSD: p99 latency, ms (lower is better)', fmt: 'ms', better: 'lower' },
       { id: 'dns-rate-p99', label: "dnsperf -Q at socat's queries/s (same round): p99 latency, ms (lower is better)", fmt: 'ms', better: 'lower' },
       { id: 'dns-rate-lost', label: "dnsperf -Q at socat's queries/s (same round): queries lost (lower is better)", fmt: 'count', better: 'lower', zero: true },
+      // From 100 source ports new to the proxy each run (no warm-up): what a burst of new clients meets.
+      { id: 'dns-cold-qps', label: 'dnsperf -c100 -q200 from new source ports each run (cold), queries/s', fmt: 'int', better: 'higher' },
+      { id: 'dns-cold-lost', label: 'dnsperf from new source ports each run (cold): queries lost (lower is better)', fmt: 'count', better: 'lower' },
     ],
   },
   {
@@ -835,7 +838,8 @@ function percentile(values, p) {
  * a query unanswered after 2 s (-t 2) is lost.
  */
 async function runDnsperf(proxy, nsd, rate = null, seconds = DURATION) {
-  const args = ['-s', '127.0.0.1', '-p', String(proxy.port), '-x', String(proxy.srcBase), '-d', nsd.queries, '-l', String(seconds), '-c', '100', '-q', '200', '-t', '2', '-v'];
+  const args = ['-s', '127.0.0.1', '-p', String(proxy.port), '-d', nsd.queries, '-l', String(seconds), '-c', '100', '-q', '200', '-t', '2', '-v'];
+  if (proxy.srcBase) args.push('-x', String(proxy.srcBase));
   if (rate) args.push('-Q', String(Math.max(1, Math.round(rate))));
   const cpu0 = proxy.pid ? procCpuSeconds(proxy.pid) : 0;
   const r = await run('dnsperf', args, { timeoutMs: (DURATION + 30) * 1000 });
@@ -1144,6 +1148,15 @@ async function main() {
       rows: (r) => ({ 'dns-rate-p99': r.p99ms, 'dns-rate-lost': r.lost }),
       show: dnsShown,
     });
+    steps.push({
+      w: 'dns-cold',
+      of: 'dns',
+      kind: 'nsd',
+      // Ephemeral source ports (no -x): 100 client addresses the proxy has not seen.
+      fn: (px) => runDnsperf({ ...px, srcBase: null }, up.nsd),
+      rows: (r) => ({ 'dns-cold-qps': r.value, 'dns-cold-lost': r.lost }),
+      show: dnsShown,
+    });
   }
   const udpShown = (r) =>
     `${Math.round(r.value)} datagrams/s, lost ${r.lost} of ${r.sent} (${r.lostPct.toFixed(2)} %)${r.cpu != null ? `, proxy CPU ${(r.cpu / DURATION).toFixed(2)} s/s` : ''}` +
@@ -1244,7 +1257,8 @@ async function main() {
         '--udp-sessions-max=4096); socat by `socat -T 300 UDP-LISTEN:PORT,bind=127.0.0.1,fork,reuseaddr UDP:127.0.0.1:UPSTREAM` (one process per client address). ' +
         'dns: NSD (one server process, no response rate limit) serving 256 names (A and TXT, test/udp-helpers.mjs); dnsperf -c 100 (100 source ports) -q 200 -t 2 -v, ' +
         'p99 from the per-query latencies -v prints (dnsperf 2.10 itself reports only the average); a query unanswered after 2 s is lost. ' +
-        'dns-rate: the same at -Q = the queries/s socat reached in the same round. udp-64/udp-1400: scripts/bench/udpload.c, 100 connected client sockets keeping 8 datagrams ' +
+        'dns-rate: the same at -Q = the queries/s socat reached in the same round. dns-cold: the dns run from ephemeral source ports, new to the proxy each time ' +
+        '(socat forks a process per new client address and loses datagrams meanwhile; dnsperf\'s 200 outstanding queries then wait out -t 2). udp-64/udp-1400: scripts/bench/udpload.c, 100 connected client sockets keeping 8 datagrams ' +
         'in flight each against its own recvmmsg/sendmmsg echo; lost = sent − echoed (a datagram the kernel dropped on a full socket buffer anywhere on the way, ' +
         'or one the proxy dropped and counted). "proxy CPU s/s" in the progress lines: utime+stime of the proxy process per second of run (socat: the parent only); ' +
         '"kernel drops": datagrams dropped so far on full receive buffers of the proxy\'s own UDP sockets (/proc/net/udp).',
