@@ -131,7 +131,9 @@ void Worker::OnConnectResult(Connection* c, uint32_t events) {
 }
 
 void Worker::OnConnected(Connection* c, uint32_t events) {
-  if (c->retry_backoff_ms != 0 && owner_->upstream_waiting_.exchange(false)) {
+  // Any connect ends an episode of refusals, whether or not this client waited
+  // (those that did may all have given up): the next refusal says so again.
+  if (owner_->upstream_waiting_.load(std::memory_order_relaxed) && owner_->upstream_waiting_.exchange(false)) {
     Log(kLogInfo, "Upstream " + (*c->targets)[c->next_target - 1].text + " accepts connections now.");
   }
   c->connected = true;
