@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// Benchmark: socket-proxyd against systemd-socket-proxyd (the reference) and other TCP proxies.
+// Benchmark: socket-proxyd against systemd-socket-proxyd (the reference) and other TCP proxies; for
+// datagrams (the dns, udp-64 and udp-1400 workloads, which the reference cannot forward), against socat
+// and no proxy.
 //
 //   npm run bench [-- --rounds N] [--quick] [--only WORKLOAD,..] [--proxies a,b] [--json FILE]
 //
@@ -16,11 +18,15 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import dgram from 'node:dgram';
+
+import { hostName, nsdConfig } from '../test/udp-helpers.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const HERE = path.join(ROOT, 'scripts', 'bench');
 const REFERENCE_BIN = '/lib/systemd/systemd-socket-proxyd';
 const APT = 'apt-get install -y iperf3 wrk nginx-light haproxy socat';
+const APT_DNS = 'apt-get install -y nsd dnsperf bind9-dnsutils';
 
 // ---------------------------------------------------------------------------------------------------
 // Options
@@ -79,7 +85,42 @@ const WORKLOADS = [
     proxies: ['direct', 'systemd', 'ours', 'baseline'],
     rows: [{ id: 'bulk300', label: '300 concurrent bulk streams, proxy as nobody, aggregate Gbit/s', fmt: 'gbps', better: 'higher', target: 1.0 }],
   },
+  // Datagrams (issue 10). The reference cannot forward UDP (it exits at start with a datagram socket):
+  // its column says so, and these rows' ratios are to socat instead. `vs` are the targets.
+  {
+    id: 'dns',
+    udp: true,
+    proxies: ['direct', 'ours', 'baseline', 'socat'],
+    rows: [
+      { id: 'dns-qps', label: 'dnsperf -c100 -q200 to NSD over UDP, queries/s', fmt: 'int', better: 'higher', vs: [['socat', 3.0], ['direct', 0.6]] },
+      { id: 'dns-p99', label: 'dnsperf -c100 -q200 to NSD: p99 latency, ms (lower is better)', fmt: 'ms', better: 'lower' },
+      { id: 'dns-rate-p99', label: "dnsperf -Q at socat's queries/s (same round): p99 latency, ms (lower is better)", fmt: 'ms', better: 'lower' },
+      { id: 'dns-rate-lost', label: "dnsperf -Q at socat's queries/s (same round): queries lost (lower is better)", fmt: 'count', better: 'lower', zero: true },
+      // From 100 source ports new to the proxy each run (no warm-up): what a burst of new clients meets.
+      { id: 'dns-cold-qps', label: 'dnsperf -c100 -q200 from new source ports each run (cold), queries/s', fmt: 'int', better: 'higher' },
+      { id: 'dns-cold-lost', label: 'dnsperf from new source ports each run (cold): queries lost (lower is better)', fmt: 'count', better: 'lower' },
+    ],
+  },
+  {
+    id: 'udp-64',
+    udp: true,
+    proxies: ['direct', 'ours', 'baseline', 'socat'],
+    rows: [
+      { id: 'udp-64', label: 'udpload 100 source ports × 8 in flight, 64-byte datagrams echoed, datagrams/s', fmt: 'int', better: 'higher' },
+      { id: 'udp-64-lost', label: 'udpload 64-byte: lost, % of sent (lower is better)', fmt: 'pct', better: 'lower' },
+    ],
+  },
+  {
+    id: 'udp-1400',
+    udp: true,
+    proxies: ['direct', 'ours', 'baseline', 'socat'],
+    rows: [
+      { id: 'udp-1400', label: 'udpload 100 source ports × 8 in flight, 1,400-byte datagrams echoed, datagrams/s', fmt: 'int', better: 'higher' },
+      { id: 'udp-1400-lost', label: 'udpload 1,400-byte: lost, % of sent (lower is better)', fmt: 'pct', better: 'lower' },
+    ],
+  },
 ];
+const UDP_RATIO_TO = 'socat';
 
 let opts;
 try {
@@ -101,8 +142,8 @@ try {
   process.exit(2);
 }
 function usage() {
-  return USAGE.replace("${'WORKLOADS'}", WORKLOADS.map((w) => w.id).join(','))
-    .replace("${'PROXIES'}", PROXIES.map((p) => p.id).join(','));
+  return USAGE.replace('WORKLOADS', WORKLOADS.map((w) => w.id).join(','))
+    .replace('PROXIES', PROXIES.map((p) => p.id).join(','));
 }
 if (opts.help) {
   console.log(usage());
@@ -299,6 +340,8 @@ function checkTools() {
   if (anyOf('socat')) need.push(['socat', APT]);
   need.push(['systemd-socket-activate', 'apt-get install -y systemd'], [REFERENCE_BIN, 'apt-get install -y systemd']);
   if (wantW('bulk300')) need.push(['cc', 'apt-get install -y gcc'], ['setpriv', 'apt-get install -y util-linux']);
+  if (wantW('dns')) need.push(['nsd', APT_DNS], ['dnsperf', APT_DNS]);
+  if (wantW('udp-64') || wantW('udp-1400')) need.push(['cc', 'apt-get install -y gcc']);
   const missing = need.filter(([cmd]) => !which(cmd));
   if (missing.length) {
     for (const [cmd, how] of missing) console.error(`bench: missing tool: ${cmd} — install it with: ${how}`);
@@ -347,6 +390,10 @@ function environment() {
       iperf3: clean(capture('iperf3', ['-v']), /iperf\s+(\S+)/),
       wrk: clean(capture('wrk', ['-v']), /wrk\s+(\S+)/),
       socat: clean((spawnSync('socat', ['-V'], { encoding: 'utf8' }).stdout || '').split('\n').find((l) => /socat version/.test(l)) || '?', /version\s+(\S+)/),
+      ...(wantW('dns') && {
+        nsd: clean(capture(which('nsd') || 'nsd', ['-v'], 'stderr'), /NSD version\s+(\S+)/),
+        dnsperf: clean(((r) => `${r.stdout}${r.stderr}`)(spawnSync('dnsperf', ['-h'], { encoding: 'utf8' })).split('\n').find((l) => /^Version/.test(l)) || '?', /Version\s+(\S+)/),
+      }),
     },
   };
 }
@@ -416,6 +463,69 @@ async function startSink() {
   const next = lineReader(child);
   if ((await next(10000)) !== 'ready') throw new Error('streams sink did not start');
   return { port, child, bin, next };
+}
+
+/** NSD serving the test suite's generated zone (test/udp-helpers.mjs) on 127.0.0.1, and dnsperf's query file. */
+async function startNsd() {
+  const dir = path.join(tmpDir, 'nsd');
+  const port = await freeUdpPort();
+  const { argv } = nsdConfig(dir, port, { names: 256, ipv6: false });
+  const queries = path.join(dir, 'queries.txt');
+  fs.writeFileSync(queries, Array.from({ length: 256 }, (_, i) => `${hostName(i)} ${i % 2 ? 'TXT' : 'A'}`).join('\n') + '\n');
+  const child = startChild(argv[0], argv.slice(1));
+  await udpRoundTrip(port, dnsQuery(hostName(0)), child, 'nsd');
+  return { port, child, queries, probe: dnsQuery(hostName(1)) };
+}
+
+/** A DNS query (A, recursion desired) as bytes. */
+function dnsQuery(name, id = 0x1234) {
+  const labels = name.split('.').flatMap((l) => [Buffer.from([l.length]), Buffer.from(l)]);
+  return Buffer.concat([Buffer.from([id >> 8, id & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]), ...labels, Buffer.from([0, 0, 1, 0, 1])]);
+}
+
+/** scripts/bench/udpload.c, built once; its echo mode as the datagram workloads' upstream. */
+async function startUdpEcho() {
+  const bin = path.join(tmpDir, 'udpload');
+  const r = spawnSync('cc', ['-O2', '-o', bin, path.join(HERE, 'udpload.c')], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`cc failed building scripts/bench/udpload.c:\n${r.stderr}`);
+  const port = await freeUdpPort();
+  const child = startChild(bin, ['echo', String(port)], { onStdout: () => {} });
+  child.stdout.removeAllListeners('data');
+  const next = lineReader(child);
+  if ((await next(10000)) !== 'ready') throw new Error('udpload echo did not start');
+  return { port, child, bin, probe: Buffer.from('probe') };
+}
+
+function freeUdpPort() {
+  return new Promise((resolve, reject) => {
+    const s = dgram.createSocket('udp4');
+    s.on('error', reject);
+    s.bind(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Sends `payload` to 127.0.0.1:port every 200 ms until a datagram comes back (a socket-activated proxy
+ * is exec'd by the first one); throws after `timeoutMs` or when `child` exits.
+ */
+async function udpRoundTrip(port, payload, child, what, timeoutMs = 15000) {
+  const s = dgram.createSocket('udp4');
+  s.on('error', () => {});
+  try {
+    const got = new Promise((resolve) => s.once('message', () => resolve(true)));
+    const end = Date.now() + timeoutMs;
+    while (Date.now() < end) {
+      if (child && child.exitInfo) throw new Error(`${what} exited (${JSON.stringify(child.exitInfo)}):\n${child.tail}`);
+      s.send(payload, port, '127.0.0.1');
+      if (await Promise.race([got, sleep(200).then(() => false)])) return;
+    }
+    throw new Error(`${what} did not answer a datagram on 127.0.0.1:${port} within ${timeoutMs} ms:\n${child ? child.tail : ''}`);
+  } finally {
+    s.close();
+  }
 }
 
 async function startIdleHolder(wrap) {
@@ -530,6 +640,97 @@ backend out
   return { id, port, pid: child.pid, child };
 }
 
+/**
+ * A datagram proxy on a fresh 127.0.0.1 port in front of 127.0.0.1:upstreamPort, answered a probe
+ * datagram through it before it is used. socket-proxyd: `systemd-socket-activate --datagram -l …` (as
+ * ListenDatagram=); socat: `UDP-LISTEN:PORT,fork,reuseaddr UDP:…` (one process per client address).
+ */
+async function startUdpProxy(id, upstreamPort, probe) {
+  if (id === 'direct') return { id, port: upstreamPort, pid: null };
+  const port = await freeUdpPort();
+  const target = `127.0.0.1:${upstreamPort}`;
+  let cmd, args;
+  switch (id) {
+    case 'ours':
+    case 'baseline':
+      cmd = 'systemd-socket-activate';
+      args = ['--datagram', '-l', `127.0.0.1:${port}`, process.execPath, path.join(ROOT, 'bin', 'socket-proxyd'), target];
+      if (id === 'baseline') args.unshift(`-ESOCKET_PROXYD_ADDON=${BASELINE_ADDON}`);
+      break;
+    case 'socat':
+      // -T 300: a child whose peer is silent for 5 min exits (longer than the gaps between runs, so the
+      // measured runs find the children the warm-up made; it only tidies up).
+      cmd = 'socat';
+      args = ['-T', '300', `UDP-LISTEN:${port},bind=127.0.0.1,fork,reuseaddr`, `UDP:${target}`];
+      break;
+    default:
+      throw new Error(`${id} has no datagram proxy here`);
+  }
+  [cmd, args] = ['sh', ['-c', 'trap "" PIPE; exec "$@"', 'sh', cmd, ...args]];
+  [cmd, args] = wrapLimit(cmd, args);
+  const child = startChild(cmd, args);
+  const name = PROXIES.find((p) => p.id === id).name;
+  const end = Date.now() + 10000;
+  while (!udpPortBound(port)) {
+    if (child.exitInfo || Date.now() > end) throw new Error(`${name} did not bind UDP 127.0.0.1:${port}:\n${child.tail}`);
+    await sleep(50);
+  }
+  await udpRoundTrip(port, probe, child, name);
+  if (id !== 'socat') await sleep(700); // as for TCP: past the proxy's start-up
+  if (child.exitInfo) throw new Error(`${name} exited:\n${child.tail}`);
+  return { id, port, pid: child.pid, child };
+}
+
+/** True when an unconnected UDP socket is bound to 127.0.0.1:port or 0.0.0.0:port (/proc/net/udp). */
+function udpPortBound(port) {
+  const want = port.toString(16).toUpperCase().padStart(4, '0');
+  return fs.readFileSync('/proc/net/udp', 'utf8').split('\n').some((l) => {
+    const f = l.trim().split(/\s+/);
+    return f[1]?.split(':')[1] === want && f[2] === '00000000:0000';
+  });
+}
+
+/**
+ * Datagrams the kernel dropped on process `pid`'s UDP sockets so far (full receive buffers: the
+ * "drops" column of /proc/net/udp, summed over the sockets whose inode the process holds).
+ */
+function udpSocketDrops(pid) {
+  const inodes = new Set();
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) inodes.add(m[1]);
+    } catch {}
+  }
+  let drops = 0;
+  for (const file of ['/proc/net/udp', '/proc/net/udp6']) {
+    for (const l of fs.readFileSync(file, 'utf8').split('\n').slice(1)) {
+      const f = l.trim().split(/\s+/);
+      if (f.length >= 13 && inodes.has(f[9])) drops += Number(f[12]);
+    }
+  }
+  return drops;
+}
+
+/**
+ * The reference with a datagram socket, once: it refuses it at start-up. Resolves the line it wrote,
+ * for the notes (so "cannot forward UDP" in the table is a fact of this run, not an assumption).
+ */
+async function referenceRefusesUdp() {
+  const port = await freeUdpPort();
+  const child = startChild('systemd-socket-activate', ['--datagram', '-l', `127.0.0.1:${port}`, REFERENCE_BIN, '127.0.0.1:9']);
+  const end = Date.now() + 10000;
+  while (!udpPortBound(port) && Date.now() < end && !child.exitInfo) await sleep(50);
+  const s = dgram.createSocket('udp4');
+  s.on('error', () => {});
+  s.send('x', port, '127.0.0.1');
+  const exit = await Promise.race([child.exited, sleep(10000).then(() => null)]);
+  s.close();
+  if (!exit) await stopChild(child);
+  const line = child.tail.split('\n').filter(Boolean).filter((l) => !/^(Listening on|Communication attempt|Execing)/.test(l)).pop() || '';
+  return { exit, line };
+}
+
 function procCpuSeconds(pid) {
   // utime, stime, cutime, cstime (fields 14-17); cutime/cstime count socat's reaped children.
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -624,6 +825,67 @@ async function runStreams(proxy, sink, n) {
   return { value, report };
 }
 
+/** The p-th percentile (0..100) of numbers, nearest rank. */
+function percentile(values, p) {
+  if (!values.length) return null;
+  const v = Float64Array.from(values).sort();
+  return v[Math.min(v.length - 1, Math.max(0, Math.ceil((p / 100) * v.length) - 1))];
+}
+
+/**
+ * dnsperf -c 100 -q 200 against the proxy for DURATION s (-Q `rate`: at most that many queries/s).
+ * -v prints each answer's latency, which gives the p99 (dnsperf 2.10 reports only the average);
+ * a query unanswered after 2 s (-t 2) is lost.
+ */
+async function runDnsperf(proxy, nsd, rate = null, seconds = DURATION) {
+  const args = ['-s', '127.0.0.1', '-p', String(proxy.port), '-d', nsd.queries, '-l', String(seconds), '-c', '100', '-q', '200', '-t', '2', '-v'];
+  if (proxy.srcBase) args.push('-x', String(proxy.srcBase));
+  if (rate) args.push('-Q', String(Math.max(1, Math.round(rate))));
+  const cpu0 = proxy.pid ? procCpuSeconds(proxy.pid) : 0;
+  const r = await run('dnsperf', args, { timeoutMs: (DURATION + 30) * 1000 });
+  const cpu = proxy.pid ? procCpuSeconds(proxy.pid) - cpu0 : null;
+  const num = (re) => {
+    const m = r.stdout.match(re);
+    return m ? Number(m[1]) : null;
+  };
+  const qps = num(/Queries per second:\s*([\d.]+)/);
+  const sent = num(/Queries sent:\s*(\d+)/);
+  const completed = num(/Queries completed:\s*(\d+)/);
+  const lost = num(/Queries lost:\s*(\d+)/);
+  if (qps == null || sent == null) return { value: null, error: `dnsperf: ${(r.stderr || r.stdout).slice(-300)}` };
+  const latencies = [];
+  for (const m of r.stdout.matchAll(/^> \S+ \S+ \S+ ([\d.]+)$/gm)) latencies.push(Number(m[1]));
+  const noerror = num(/NOERROR (\d+)/);
+  return {
+    value: qps,
+    p99ms: latencies.length ? percentile(latencies, 99) * 1000 : null,
+    p50ms: latencies.length ? percentile(latencies, 50) * 1000 : null,
+    sent,
+    completed,
+    lost,
+    noerror,
+    answersTimed: latencies.length,
+    cpu,
+    rate,
+  };
+}
+
+/** scripts/bench/udpload against the proxy: `size`-byte datagrams from 100 source ports, 8 in flight each. */
+async function runUdpLoad(proxy, echo, size, seconds = DURATION) {
+  const cpu0 = proxy.pid ? procCpuSeconds(proxy.pid) : 0;
+  const r = await run(echo.bin, ['load', '127.0.0.1', String(proxy.port), String(size), String(seconds), '100', '8', String(proxy.srcBase)], { timeoutMs: (seconds + 30) * 1000 });
+  const cpu = proxy.pid ? procCpuSeconds(proxy.pid) - cpu0 : null;
+  const drops = proxy.pid ? udpSocketDrops(proxy.pid) : null;
+  let j;
+  try {
+    j = JSON.parse(r.stdout.trim().split('\n').pop());
+  } catch {
+    return { value: null, error: `udpload: ${(r.stderr || r.stdout).slice(-300)}` };
+  }
+  if (j.truncated) return { value: null, error: `udpload: ${j.truncated} replies of the wrong size`, ...j };
+  return { value: j.rate, lostPct: j.sent ? (100 * j.lost) / j.sent : 0, ...j, cpu, kernelDrops: drops };
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Report
 
@@ -639,6 +901,9 @@ const FMT = {
   fds: (v) => v.toFixed(2),
   kib: (v) => v.toFixed(1),
   cpu: (v) => v.toFixed(3),
+  ms: (v) => v.toFixed(2),
+  count: (v) => Math.round(v).toLocaleString('en-US'),
+  pct: (v) => `${v.toFixed(2)} %`,
 };
 
 function buildReport(env, samples, notes, cmdline) {
@@ -648,12 +913,16 @@ function buildReport(env, samples, notes, cmdline) {
     for (const row of w.rows) {
       const cells = {};
       for (const p of proxiesFor(w.id)) cells[p] = median((samples[row.id]?.[p] || []).map((s) => s));
-      rows.push({ ...row, cells, ref: cells[REF] });
+      rows.push({ ...row, udp: !!w.udp, cells, ref: cells[w.udp ? UDP_RATIO_TO : REF] });
     }
   }
   // Bulk rows are shown when the CPU row asked for them too.
   const out = [];
-  out.push(`Command: \`${cmdline}\` — ${ROUNDS} interleaved round${ROUNDS > 1 ? 's' : ''} of ${DURATION} s runs${opts.quick ? ' (--quick)' : ''}, medians; ratios are to systemd-socket-proxyd in the same run.`);
+  const anyUdp = rows.some((r) => r.udp);
+  out.push(
+    `Command: \`${cmdline}\` — ${ROUNDS} interleaved round${ROUNDS > 1 ? 's' : ''} of ${DURATION} s runs${opts.quick ? ' (--quick)' : ''}, medians; ratios are to systemd-socket-proxyd in the same run` +
+      `${anyUdp ? ' (datagram rows: to socat, as systemd-socket-proxyd cannot forward UDP)' : ''}.`,
+  );
   out.push('');
   out.push(`Date: ${env.date}`);
   out.push(
@@ -666,10 +935,11 @@ function buildReport(env, samples, notes, cmdline) {
   out.push(`|---|${cols.map(() => '---:').join('|')}|`);
   for (const r of rows) {
     const cells = cols.map((c) => {
+      if (r.udp && c === REF) return 'cannot forward UDP';
       if (!(c in r.cells)) return '—';
       const v = r.cells[c];
       if (v == null) return 'failed';
-      const ratio = r.ref ? ` (${(v / r.ref).toFixed(2)}×)` : '';
+      const ratio = r.ref && !['count', 'pct'].includes(r.fmt) ? ` (${(v / r.ref).toFixed(2)}×)` : '';
       return `${FMT[r.fmt](v)}${ratio}`;
     });
     out.push(`| ${r.label} | ${cells.join(' | ')} |`);
@@ -677,10 +947,28 @@ function buildReport(env, samples, notes, cmdline) {
   out.push('');
   const targets = [];
   if (selectedProxies.includes('ours')) {
-    out.push('Targets (socket-proxyd against systemd-socket-proxyd, same run):');
+    out.push(`Targets (socket-proxyd against systemd-socket-proxyd, same run${anyUdp ? '; datagram rows against socat and no proxy' : ''}):`);
     out.push('');
     for (const r of rows) {
       const v = r.cells.ours;
+      if (r.vs || r.zero) {
+        for (const [against, want] of r.vs ?? []) {
+          const base = r.cells[against];
+          const name = PROXIES.find((p) => p.id === against).name;
+          const met = v == null || base == null || !(against in r.cells) ? null : v / base >= want - 1e-9;
+          const text = met == null ? 'not measured' : `${(v / base).toFixed(3)}× ${name} (target ≥ ${want.toFixed(2)}×; ${FMT[r.fmt](v)} against ${FMT[r.fmt](base)})`;
+          targets.push({ row: r.id, label: `${r.label}, against ${name}`, value: v, ref: base, met });
+          out.push(`- ${met == null ? '?' : met ? 'MET' : 'MISSED'} — ${r.label}: ${text}`);
+        }
+        if (r.zero) {
+          // Every round, not the median: one round with a loss misses it.
+          const each = samples[r.id]?.ours ?? [];
+          const met = each.length ? each.every((x) => x === 0) : null;
+          targets.push({ row: r.id, label: r.label, value: v, ref: 0, met, each });
+          out.push(`- ${met == null ? '?' : met ? 'MET' : 'MISSED'} — ${r.label}: ${met == null ? 'not measured' : `${each.join(', ')} in the ${each.length} round${each.length > 1 ? 's' : ''} (target 0 in each)`}`);
+        }
+        continue;
+      }
       if (r.target == null && r.targetAbs == null) continue;
       let met, text;
       if (v == null || (r.target != null && !r.ref)) {
@@ -700,7 +988,7 @@ function buildReport(env, samples, notes, cmdline) {
     out.push('');
   }
   const variants = FEATURE_VARIANTS.filter((id) => selectedProxies.includes(id));
-  if (variants.length && selectedProxies.includes('ours')) {
+  if (variants.length && selectedProxies.includes('ours') && rows.some((r) => variants.some((id) => id in r.cells))) {
     out.push('Options (socket-proxyd with the option against socket-proxyd without it, same run; target within 5%):');
     out.push('');
     for (const r of rows) {
@@ -774,6 +1062,16 @@ async function main() {
   if (['keepalive-1k', 'mib', 'newconn'].some(wantW)) up.nginx = await startNginx();
   if (wantW('idle')) up.idle = await startIdleHolder(wrapLimit);
   if (wantW('bulk300')) up.sink = await startSink();
+  if (wantW('dns')) up.nsd = await startNsd();
+  if (wantW('udp-64') || wantW('udp-1400')) up.udpecho = await startUdpEcho();
+  const UDP_WORKLOADS = WORKLOADS.filter((w) => w.udp && wantW(w.id)).map((w) => w.id);
+  if (UDP_WORKLOADS.length) {
+    const { exit, line } = await referenceRefusesUdp();
+    notes.push(
+      `systemd-socket-proxyd cannot forward UDP: started by \`systemd-socket-activate --datagram\` it ${exit ? `exited ${exit.code ?? exit.signal}` : 'did not exit'} at the first datagram` +
+        `${line ? ` ("${line}")` : ''}; its column shows that, and the datagram rows' ratios are to socat.`,
+    );
+  }
 
   // One proxy instance per (proxy, upstream); all started and warmed up before the first round.
   const inst = {};
@@ -789,6 +1087,24 @@ async function main() {
     log(`bench: starting ${PROXIES.find((x) => x.id === p).name} → ${kind}${o?.unprivileged ? ' (as nobody)' : ''}`);
     // --proxy-protocol needs an upstream that expects the header.
     inst[`${kind}/${p}`] = await startProxy(p, p === 'ours-pp2' ? up[kind].proxyPort : up[kind].port, o);
+  }
+  let udpInstances = 0;
+  const coldStarts = [];
+  for (const [kind, wids] of [['nsd', ['dns']], ['udpecho', ['udp-64', 'udp-1400']]]) {
+    for (const p of selectedProxies) {
+      if (!wids.some((w) => wantW(w) && proxiesFor(w).includes(p))) continue;
+      log(`bench: starting ${PROXIES.find((x) => x.id === p).name} → ${kind} (UDP)`);
+      const px = await startUdpProxy(p, up[kind].port, up[kind].probe);
+      // Each instance's clients always use the same 100 source ports (dnsperf -x, udpload BASEPORT), and a
+      // 1 s warm-up run from them comes first: the measured runs see the proxy's steady state (its sessions,
+      // or socat's per-client processes, already there), not its set-up. What the cold start cost is in
+      // the notes.
+      px.srcBase = 21000 + 200 * udpInstances++;
+      const warm = kind === 'nsd' ? await runDnsperf(px, up.nsd, 2000, 1) : await runUdpLoad(px, up.udpecho, 64, 1);
+      if (warm.value == null) throw new Error(`${p} (${kind}) warm-up failed: ${warm.error}`);
+      coldStarts.push(`${PROXIES.find((x) => x.id === p).name} → ${kind === 'nsd' ? 'NSD, dnsperf -Q 2000' : 'udp echo, udpload 64-byte'}: ${Math.round(warm.value)}/s, ${warm.lost} lost of ${warm.sent}`);
+      inst[`${kind}/${p}`] = px;
+    }
   }
 
   const samples = {}; // row id -> proxy -> [values]
@@ -807,11 +1123,59 @@ async function main() {
   // never shrinks back after earlier connections close).
   if (wantW('idle')) steps.push({ w: 'idle', kind: 'idle', fresh: true, fn: (px) => runIdle(px, up.idle, idleN) });
   if (wantW('bulk300')) steps.push({ w: 'bulk300', kind: 'sink', fn: (px) => runStreams(px, up.sink, 300) });
+  // Datagrams. dns-rate runs right after dns in each round, every proxy at the queries/s socat reached in
+  // that round's dns run (rate-limited with -Q), for the latency and the losses at a rate all can carry.
+  let socatQps = null;
+  const dnsShown = (r) => `${Math.round(r.value)} q/s${r.rate ? ` (-Q ${Math.round(r.rate)})` : ''}, p99 ${r.p99ms?.toFixed(2)} ms, lost ${r.lost} of ${r.sent}${r.cpu != null ? `, proxy CPU ${(r.cpu / DURATION).toFixed(2)} s/s` : ''}`;
+  if (wantW('dns')) {
+    steps.push({
+      w: 'dns',
+      kind: 'nsd',
+      fn: async (px) => {
+        if (px.id === 'socat') socatQps = null;
+        const r = await runDnsperf(px, up.nsd);
+        if (px.id === 'socat' && r.value) socatQps = r.value;
+        return r;
+      },
+      rows: (r) => ({ 'dns-qps': r.value, 'dns-p99': r.p99ms }),
+      show: dnsShown,
+    });
+    steps.push({
+      w: 'dns-rate',
+      of: 'dns',
+      kind: 'nsd',
+      fn: (px) => (socatQps ? runDnsperf(px, up.nsd, socatQps) : { value: null, error: "no socat queries/s measured in this round's dns run" }),
+      rows: (r) => ({ 'dns-rate-p99': r.p99ms, 'dns-rate-lost': r.lost }),
+      show: dnsShown,
+    });
+    steps.push({
+      w: 'dns-cold',
+      of: 'dns',
+      kind: 'nsd',
+      // Ephemeral source ports (no -x): 100 client addresses the proxy has not seen.
+      fn: (px) => runDnsperf({ ...px, srcBase: null }, up.nsd),
+      rows: (r) => ({ 'dns-cold-qps': r.value, 'dns-cold-lost': r.lost }),
+      show: dnsShown,
+    });
+  }
+  const udpShown = (r) =>
+    `${Math.round(r.value)} datagrams/s, lost ${r.lost} of ${r.sent} (${r.lostPct.toFixed(2)} %)${r.cpu != null ? `, proxy CPU ${(r.cpu / DURATION).toFixed(2)} s/s` : ''}` +
+    `${r.kernelDrops != null ? `, kernel drops ${r.kernelDrops} so far` : ''}`;
+  for (const size of [64, 1400]) {
+    if (!wantW(`udp-${size}`)) continue;
+    steps.push({
+      w: `udp-${size}`,
+      kind: 'udpecho',
+      fn: (px) => runUdpLoad(px, up.udpecho, size),
+      rows: (r) => ({ [`udp-${size}`]: r.value, [`udp-${size}-lost`]: r.lostPct }),
+      show: udpShown,
+    });
+  }
 
   const t0 = Date.now();
   for (let round = 0; round < ROUNDS; round++) {
     for (const step of steps) {
-      const who = rotate(proxiesFor(step.w), round);
+      const who = rotate(proxiesFor(step.of ?? step.w), round);
       for (const p of who) {
         const px = step.fresh ? await startProxy(p, up[step.kind].port) : get(step.kind, p);
         if (px.child && px.child.exitInfo) throw new Error(`${p} (${step.kind}) died: ${JSON.stringify(px.child.exitInfo)}\n${px.child.tail}`);
@@ -823,6 +1187,9 @@ async function main() {
         if (res.value == null) {
           shown = `FAILED: ${res.error}`;
           notes.push(`round ${round + 1}, ${step.w}, ${p}: ${res.error}`);
+        } else if (step.rows) {
+          for (const [row, v] of Object.entries(step.rows(res))) if (v != null) push(row, p, v);
+          shown = step.show(res);
         } else if (step.w === 'idle') {
           push('idle-fds', p, res.value.fds);
           push('idle-rss', p, res.value.rss);
@@ -884,6 +1251,20 @@ async function main() {
     'CPU: utime+stime (+ reaped children, for socat\'s forks) of the proxy process from /proc/PID/stat over the bulk and bulk-reverse iperf3 runs, divided by the GiB received. ' +
       'Idle: /proc/PID/fd count and VmRSS with the connections open minus the same just before, over the count.',
   );
+  if (UDP_WORKLOADS.length) {
+    notes.push(
+      'Datagrams: socket-proxyd is started by `systemd-socket-activate --datagram -l 127.0.0.1:PORT … 127.0.0.1:UPSTREAM` (ListenDatagram=; defaults: --udp-timeout=30s, ' +
+        '--udp-sessions-max=4096); socat by `socat -T 300 UDP-LISTEN:PORT,bind=127.0.0.1,fork,reuseaddr UDP:127.0.0.1:UPSTREAM` (one process per client address). ' +
+        'dns: NSD (one server process, no response rate limit) serving 256 names (A and TXT, test/udp-helpers.mjs); dnsperf -c 100 (100 source ports) -q 200 -t 2 -v, ' +
+        'p99 from the per-query latencies -v prints (dnsperf 2.10 itself reports only the average); a query unanswered after 2 s is lost. ' +
+        'dns-rate: the same at -Q = the queries/s socat reached in the same round. dns-cold: the dns run from ephemeral source ports, new to the proxy each time ' +
+        '(socat forks a process per new client address and loses datagrams meanwhile; dnsperf\'s 200 outstanding queries then wait out -t 2). udp-64/udp-1400: scripts/bench/udpload.c, 100 connected client sockets keeping 8 datagrams ' +
+        'in flight each against its own recvmmsg/sendmmsg echo; lost = sent − echoed (a datagram the kernel dropped on a full socket buffer anywhere on the way, ' +
+        'or one the proxy dropped and counted). "proxy CPU s/s" in the progress lines: utime+stime of the proxy process per second of run (socat: the parent only); ' +
+        '"kernel drops": datagrams dropped so far on full receive buffers of the proxy\'s own UDP sockets (/proc/net/udp).',
+    );
+    notes.push(`Warm-up runs (1 s, from 100 client ports new to the proxy; not in the table): ${coldStarts.join('; ')}.`);
+  }
   if (wantW('bulk300')) {
     notes.push(
       `300 streams: scripts/bench/streams.c (one source process writing on 300 connections, one sink; iperf3 caps -P at 128), measured at the sink over ${DURATION} s after 1 s warm-up; ` +
