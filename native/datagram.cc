@@ -58,9 +58,10 @@ bool IsWildcard(const sockaddr_storage& addr) {
 // The pktinfo to reply with, from the one the datagram came with: the source
 // is the local address it reached. Returns its cmsg length (0: none).
 //  - IPv4 (also an IPv4 client of a dual-stack socket, which gets IP_PKTINFO
-//    too): ipi_spec_dst, the kernel's own pick: the destination for unicast,
-//    a unicast address of the interface for a broadcast or multicast one
-//    (which no reply may come from).
+//    too): the destination; for a multicast or limited-broadcast one, which
+//    no reply may come from, the kernel's pick (ipi_spec_dst). A subnet
+//    broadcast address looks like any other here: its reply fails, and is
+//    sent again with the source left to the kernel (FlushListener).
 //  - IPv6: the destination, unless multicast: then the kernel picks the source
 //    (on the interface it came in on, which a link-local group needs).
 size_t ReplyPktinfo(const msghdr& received, unsigned char* out, size_t out_size) {
@@ -78,7 +79,8 @@ size_t ReplyPktinfo(const msghdr& received, unsigned char* out, size_t out_size)
     in_pktinfo got;
     std::memcpy(&got, CMSG_DATA(v4), sizeof got);
     in_pktinfo info{};
-    info.ipi_spec_dst = got.ipi_spec_dst;
+    bool group = IN_MULTICAST(ntohl(got.ipi_addr.s_addr)) || got.ipi_addr.s_addr == htonl(INADDR_BROADCAST);
+    info.ipi_spec_dst = group ? got.ipi_spec_dst : got.ipi_addr;
     r->cmsg_level = IPPROTO_IP;
     r->cmsg_type = IP_PKTINFO;
     r->cmsg_len = CMSG_LEN(sizeof info);
@@ -441,12 +443,29 @@ void DatagramForwarder::FlushListener(DatagramListener* listener) {
       continue;
     }
     if (n < 0 && IsInterrupted(errno)) continue;
+    if (n < 0 && LeaveSourceToKernel(out.msgs[sent].msg_hdr)) continue;
     // A full socket buffer (or a client address the kernel refuses): this
     // reply is dropped, the rest still go.
     Count(kUdpDropped, 1);
     ++sent;
   }
   out.pending = 0;
+}
+
+// A reply refused for its source address (the client sent to a subnet
+// broadcast address, which no datagram may come from): true if it now names
+// no source, so that the kernel picks one, and may be sent again.
+bool DatagramForwarder::LeaveSourceToKernel(msghdr& reply) {
+  if (errno != EINVAL && errno != ENETUNREACH && errno != EADDRNOTAVAIL) return false;
+  if (reply.msg_control == nullptr) return false;
+  cmsghdr* cm = CMSG_FIRSTHDR(&reply);
+  if (cm == nullptr || cm->cmsg_level != IPPROTO_IP || cm->cmsg_type != IP_PKTINFO) return false;
+  in_pktinfo info;
+  std::memcpy(&info, CMSG_DATA(cm), sizeof info);
+  if (info.ipi_spec_dst.s_addr == htonl(INADDR_ANY)) return false;  // tried already
+  info.ipi_spec_dst.s_addr = htonl(INADDR_ANY);
+  std::memcpy(CMSG_DATA(cm), &info, sizeof info);
+  return true;
 }
 
 void DatagramForwarder::Expire(int64_t now) {

@@ -119,6 +119,7 @@ class DatagramForwarder {
   void CloseSession(Session* s);
   void SendRun(Session* s, unsigned first, unsigned count);
   void FlushListener(DatagramListener* listener);
+  static bool LeaveSourceToKernel(msghdr& reply);
   void Count(Counter counter, int64_t n);
   // A warning that every datagram would repeat: at most once a second.
   void Warn(std::string message);
