@@ -124,6 +124,8 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
     if (options.metrics) metrics = startMetrics(options.metrics, proxy, logger);
     await proxy.start();
   } catch (error) {
+    // A signal while starting closed the proxy, which failed start(): that exit (0) is under way.
+    if (shutdown.stopping) return new Promise<never>(() => {});
     die(logger, error instanceof Error ? error.message : String(error));
   }
 
