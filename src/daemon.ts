@@ -138,6 +138,7 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
   status.ready();
   shutdown.setRunning(status);
   shutdown.onExit(() => status.stop());
+  if (metrics) shutdown.onExit(() => metrics?.close());
 
   const watchdog = startWatchdog(env, notifier, proxy, logger);
   if (watchdog) shutdown.onExit(() => watchdog.stop());

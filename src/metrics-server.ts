@@ -2,6 +2,7 @@
 // from the JS thread. The socket is bound by the addon, like --listen's, so an
 // abstract name is used at its exact length (Node's net pads it with NULs) and
 // a bind failure carries the errno's name.
+import fs from 'node:fs';
 import http from 'node:http';
 import { addon } from './native';
 import type { SocketProxy } from './proxy';
@@ -10,6 +11,7 @@ import { formatAddress, toEndpoint, type Address } from './target';
 export interface MetricsServer {
   /** The address it listens on, as the kernel reports it. */
   address: string;
+  /** Stops serving; removes the socket file of a UNIX path. */
   close(): void;
 }
 
@@ -55,6 +57,16 @@ export function serveMetrics(address: Address, proxy: SocketProxy, onError: (err
   server.unref();
   return {
     address: bound,
-    close: () => server.close(),
+    close: () => {
+      server.close();
+      // A socket file left behind would make the next start fail (EADDRINUSE).
+      if (address.kind === 'unix' && address.path.startsWith('/')) {
+        try {
+          fs.unlinkSync(address.path);
+        } catch {
+          // already gone
+        }
+      }
+    },
   };
 }

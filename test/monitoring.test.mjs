@@ -374,6 +374,9 @@ test('--metrics on a UNIX path, no network: an unreachable upstream counted as s
     promtool(text);
     assert.equal(sample(m, 'socket_proxyd_connections_accepted_total'), 2);
     assertAccounted(m);
+    assert.deepEqual(await child.stop(), { code: 0, signal: null });
+    // The metrics socket file goes with the proxy, so the next start can bind it again.
+    assert.equal(fs.existsSync(metricsPath), false);
   } finally {
     await child.stop();
   }
