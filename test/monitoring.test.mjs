@@ -509,6 +509,29 @@ test('access log: upstream reset (end=upstream-reset)', async () => {
   });
 });
 
+test('access log and metrics: a client that resets while waiting for --connect-retry (end=client-reset, counted as retried)', async () => {
+  const dead = await freePort();
+  const mport = await freePort();
+  const { child, port } = await proxy(['--access-log', '--connect-retry=30s', `--metrics=127.0.0.1:${mport}`, `127.0.0.1:${dead}`]);
+  try {
+    const c = await connect(port);
+    const clientPort = c.localPort;
+    c.write('early bytes');
+    await scrapeUntil(mport, (m) => sample(m, 'socket_proxyd_connections_retried_total') === 1, 'the client never waited');
+    c.resetAndDestroy();
+    const f = await accessLine(child, clientPort);
+    assert.equal(f.end, 'client-reset');
+    assert.equal(f.connect, undefined);
+    assert.ok(seconds(f.duration) < 25, `released at once, not at the retry deadline: ${f.duration}`);
+    const { m } = await scrapeUntil(mport, (x) => sample(x, 'socket_proxyd_connections_open') === 0, 'the waiting client was not released');
+    assert.equal(sample(m, 'socket_proxyd_connections_closed_total{cause="client_reset"}'), 1);
+    for (const cause of FAIL_CAUSES) assert.equal(sample(m, `socket_proxyd_upstream_failures_total{cause="${cause}"}`), 0, cause);
+    assertAccounted(m);
+  } finally {
+    await child.stop();
+  }
+});
+
 test('access log: idle timeout (end=idle-timeout)', async () => {
   await withAccessLog(echo, ['--idle-timeout=300ms'], async ({ child, port }) => {
     const c = await connect(port);
