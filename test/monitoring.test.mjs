@@ -12,8 +12,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  CLI, activateNow, closed, connect, connectTo, echoServer, exchange, freePort, hostsNamespace, startServer, waitFor,
-  within,
+  CLI, activateNow, closed, connect, connectTo, echoServer, exchange, freePort, hostsNamespace, notifyReceiver, startServer,
+  waitFor, within,
 } from './helpers.mjs';
 import { blackhole } from './fault-helpers.mjs';
 
@@ -613,6 +613,32 @@ test('access log: a flood is cut at 1000 lines a second per thread, and the line
   } finally {
     await child.stop();
     await upstream.close();
+  }
+});
+
+test('STATUS= counts resets and failures to connect', async () => {
+  const notify = await notifyReceiver(tmpPath('notify.sock'));
+  const upstream = await startServer((c) => { c.on('error', () => {}); c.once('data', () => c.resetAndDestroy()); });
+  const port = await freePort();
+  const child = withLines(activateNow(port, process.execPath, [CLI, upstream.target], { env: { ...env(), NOTIFY_SOCKET: notify.address } }));
+  child.exited.catch(() => {});
+  try {
+    await notify.wait(/^READY=1$/m);
+    for (let i = 0; i < 2; i++) {
+      const c = await connect(port);
+      const done = closed(c);
+      c.write('reset me');
+      assert.equal((await within(done, 15_000)).error, 'ECONNRESET');
+    }
+    await notify.wait(/^STATUS=Forwarding to .*: 0 of 256 connections open, 2 served, 2 reset$/m, 15_000);
+    await upstream.close();
+    const c = await connect(port);
+    await within(closed(c), 15_000);
+    await notify.wait(/^STATUS=Forwarding to .*: 0 of 256 connections open, 3 served, 1 failed to connect, 2 reset$/m, 15_000);
+  } finally {
+    await child.stop();
+    await upstream.close();
+    await notify.close();
   }
 });
 
