@@ -47,35 +47,48 @@ bool IsWildcard(const sockaddr_storage& addr) {
 }
 
 // The pktinfo to reply with, from the one the datagram came with: the source
-// is the address the client sent to. Returns its cmsg length (0: none).
+// is the local address it reached. Returns its cmsg length (0: none).
+//  - IPv4 (also an IPv4 client of a dual-stack socket, which gets IP_PKTINFO
+//    too): ipi_spec_dst, the kernel's own pick: the destination for unicast,
+//    a unicast address of the interface for a broadcast or multicast one
+//    (which no reply may come from).
+//  - IPv6: the destination, unless multicast: then the kernel picks the source
+//    (on the interface it came in on, which a link-local group needs).
 size_t ReplyPktinfo(const msghdr& received, unsigned char* out, size_t out_size) {
+  const cmsghdr* v4 = nullptr;
+  const cmsghdr* v6 = nullptr;
   for (cmsghdr* cm = CMSG_FIRSTHDR(&received); cm != nullptr; cm = CMSG_NXTHDR(const_cast<msghdr*>(&received), cm)) {
-    msghdr reply{};
-    reply.msg_control = out;
-    reply.msg_controllen = out_size;
-    cmsghdr* r = CMSG_FIRSTHDR(&reply);
-    if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) {
-      in_pktinfo got;
-      std::memcpy(&got, CMSG_DATA(cm), sizeof got);
-      in_pktinfo info{};
-      info.ipi_spec_dst = got.ipi_addr;  // from the address it was sent to, on any interface
-      r->cmsg_level = IPPROTO_IP;
-      r->cmsg_type = IP_PKTINFO;
-      r->cmsg_len = CMSG_LEN(sizeof info);
-      std::memcpy(CMSG_DATA(r), &info, sizeof info);
-      return CMSG_SPACE(sizeof info);
+    if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) v4 = cm;
+    if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO) v6 = cm;
+  }
+  msghdr reply{};
+  reply.msg_control = out;
+  reply.msg_controllen = out_size;
+  cmsghdr* r = CMSG_FIRSTHDR(&reply);
+  if (v4 != nullptr) {
+    in_pktinfo got;
+    std::memcpy(&got, CMSG_DATA(v4), sizeof got);
+    in_pktinfo info{};
+    info.ipi_spec_dst = got.ipi_spec_dst;
+    r->cmsg_level = IPPROTO_IP;
+    r->cmsg_type = IP_PKTINFO;
+    r->cmsg_len = CMSG_LEN(sizeof info);
+    std::memcpy(CMSG_DATA(r), &info, sizeof info);
+    return CMSG_SPACE(sizeof info);
+  }
+  if (v6 != nullptr) {
+    in6_pktinfo info;
+    std::memcpy(&info, CMSG_DATA(v6), sizeof info);
+    if (IN6_IS_ADDR_MULTICAST(&info.ipi6_addr)) {
+      info.ipi6_addr = in6addr_any;
+    } else if (!IN6_IS_ADDR_LINKLOCAL(&info.ipi6_addr)) {
+      info.ipi6_ifindex = 0;  // the interface matters for a link-local address only
     }
-    if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO) {
-      in6_pktinfo info;
-      std::memcpy(&info, CMSG_DATA(cm), sizeof info);
-      // The interface matters for a link-local address only.
-      if (!IN6_IS_ADDR_LINKLOCAL(&info.ipi6_addr)) info.ipi6_ifindex = 0;
-      r->cmsg_level = IPPROTO_IPV6;
-      r->cmsg_type = IPV6_PKTINFO;
-      r->cmsg_len = CMSG_LEN(sizeof info);
-      std::memcpy(CMSG_DATA(r), &info, sizeof info);
-      return CMSG_SPACE(sizeof info);
-    }
+    r->cmsg_level = IPPROTO_IPV6;
+    r->cmsg_type = IPV6_PKTINFO;
+    r->cmsg_len = CMSG_LEN(sizeof info);
+    std::memcpy(CMSG_DATA(r), &info, sizeof info);
+    return CMSG_SPACE(sizeof info);
   }
   return 0;
 }
@@ -121,15 +134,20 @@ std::string DatagramForwarder::Init(const std::vector<int>& fds, int* error_numb
     listener->wildcard = IsWildcard(bound);
     if (listener->wildcard) {
       // Replies must leave from the address the client sent to, which a
-      // wildcard socket only learns from each datagram. An IPv6 socket
-      // reports IPv4 datagrams as v4-mapped IPV6_PKTINFO, and takes that
-      // back for a v4-mapped destination.
+      // wildcard socket only learns from each datagram. A dual-stack IPv6
+      // socket reports IPv4 datagrams with IP_PKTINFO as well (asked for
+      // here; an IPv6-only socket may refuse it, and needs none), and takes
+      // it back for a v4-mapped destination.
       int one = 1;
       int level = bound.ss_family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6;
       int name = bound.ss_family == AF_INET ? IP_PKTINFO : IPV6_RECVPKTINFO;
       if (setsockopt(fd, level, name, &one, sizeof one) < 0) {
         *error_number = errno;
         return "setsockopt(PKTINFO) on a datagram socket: " + ErrnoText(*error_number);
+      }
+      if (bound.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one) < 0 &&
+          owner_->ShouldLog(kLogDebug)) {
+        owner_->Log(kLogDebug, "setsockopt(IP_PKTINFO) on an IPv6 datagram socket: " + ErrnoText(errno));
       }
     }
     epoll_event ev{};
@@ -152,6 +170,10 @@ std::string DatagramForwarder::Init(const std::vector<int>& fds, int* error_numb
 
 void DatagramForwarder::Count(Counter counter, int64_t n) { owner_->Count(counter, n); }
 
+void DatagramForwarder::Warn(std::string message) {
+  if (owner_->ShouldLog(kLogWarning) && error_log_.Admit(NowMs(), &message)) owner_->Log(kLogWarning, std::move(message));
+}
+
 // Client -> upstream: a batch from the listening socket, each datagram to its
 // session's upstream socket (runs of one session's datagrams in one sendmmsg).
 void DatagramForwarder::OnListenerReadable(DatagramListener* listener) {
@@ -173,7 +195,7 @@ void DatagramForwarder::OnListenerReadable(DatagramListener* listener) {
     int n = recvmmsg(listener->fd, in_msgs_.data(), kBatch, MSG_DONTWAIT, nullptr);
     if (n < 0) {
       if (!IsWouldBlock(errno) && !IsInterrupted(errno)) {
-        owner_->Log(kLogWarning, "recvmmsg(datagram socket): " + ErrnoText(errno));
+        Warn("recvmmsg(datagram socket): " + ErrnoText(errno));
       }
       return;
     }
@@ -217,7 +239,9 @@ void DatagramForwarder::SendRun(Session* s, unsigned first, unsigned count) {
   while (sent < count) {
     int n = sendmmsg(s->fd, send_msgs_.data() + sent, count - sent, MSG_DONTWAIT);
     if (n > 0) {
-      for (int i = 0; i < n; ++i) Count(kUdpBytesToUpstream, send_msgs_[sent + i].msg_len);
+      int64_t bytes = 0;
+      for (int i = 0; i < n; ++i) bytes += send_msgs_[sent + i].msg_len;
+      Count(kUdpBytesToUpstream, bytes);  // once per call: the counters are shared by every worker
       Count(kUdpDatagramsToUpstream, n);
       sent += static_cast<unsigned>(n);
       continue;
@@ -248,10 +272,15 @@ Session* DatagramForwarder::FindOrOpen(DatagramListener* listener, const Session
   if (!MakeRoom()) return nullptr;
   auto targets = owner_->targets();
   int fd = -1;
+  int err = EDESTADDRREQ;  // no address to try
   for (const Endpoint& target : *targets) {
     fd = socket(target.addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) break;
+    if (fd < 0) {
+      err = errno;
+      break;
+    }
     if (connect(fd, reinterpret_cast<const sockaddr*>(&target.addr), target.len) == 0) break;
+    err = errno;
     CloseFd(fd);
     fd = -1;
   }
@@ -260,9 +289,16 @@ Session* DatagramForwarder::FindOrOpen(DatagramListener* listener, const Session
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.ptr = session.get();
-  if (fd < 0 || epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+  if (fd >= 0 && epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    err = errno;
     CloseFd(fd);
+    fd = -1;
+  }
+  if (fd < 0) {
     owner_->counters_[kUdpSessions].fetch_sub(1, std::memory_order_relaxed);
+    // Every client of a dead target fails alike: once a second, with a count.
+    Warn("Failed to open a UDP session to " +
+         (targets->empty() ? std::string("the target: no address") : targets->front().text) + ": " + ErrnoText(err));
     return nullptr;
   }
   Session* s = session.release();
@@ -376,10 +412,15 @@ void DatagramForwarder::FlushListener(DatagramListener* listener) {
   Outbox& out = outboxes_[listener];
   unsigned sent = 0;
   while (sent < out.pending) {
-    int n = -1;
-    if (listener->registered) n = sendmmsg(listener->fd, out.msgs.data() + sent, out.pending - sent, MSG_DONTWAIT);
+    if (!listener->registered) {  // stopped: the socket is going away
+      Count(kUdpDropped, out.pending - sent);
+      break;
+    }
+    int n = sendmmsg(listener->fd, out.msgs.data() + sent, out.pending - sent, MSG_DONTWAIT);
     if (n > 0) {
-      for (int i = 0; i < n; ++i) Count(kUdpBytesToClient, out.msgs[sent + i].msg_len);
+      int64_t bytes = 0;
+      for (int i = 0; i < n; ++i) bytes += out.msgs[sent + i].msg_len;
+      Count(kUdpBytesToClient, bytes);
       Count(kUdpDatagramsToClient, n);
       sent += static_cast<unsigned>(n);
       continue;

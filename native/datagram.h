@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "connection.h"
+#include "forwarder.h"
 #include "list.h"
 
 namespace proxyd {
@@ -116,6 +117,8 @@ class DatagramForwarder {
   void SendRun(Session* s, unsigned first, unsigned count);
   void FlushListener(DatagramListener* listener);
   void Count(Counter counter, int64_t n);
+  // A warning that every datagram would repeat: at most once a second.
+  void Warn(std::string message);
 
   Forwarder* owner_;
   int epoll_fd_;
@@ -124,6 +127,7 @@ class DatagramForwarder {
   std::unordered_map<SessionKey, Session*, SessionKeyHash> sessions_;
   Link<Session> lru_;
   std::vector<Session*> graveyard_;
+  LogThrottle error_log_;
 
   // Client -> upstream: received from a listener into these, and sent on from
   // them (send_msgs_ points at the same buffers).

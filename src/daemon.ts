@@ -111,6 +111,7 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
       connectRetry: options.connectRetry,
       idleTimeout: options.idleTimeout,
       keepalive: options.keepalive,
+      userTimeout: options.userTimeout,
       udpTimeout: options.udpTimeout,
       udpSessionsMax: options.udpSessionsMax,
       // Lines below the log level would be built on the workers for nothing.

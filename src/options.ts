@@ -43,6 +43,8 @@ export interface CliOptions {
   idleTimeout: number;
   /** --keepalive, if given (spans in ms). */
   keepalive?: KeepaliveOptions;
+  /** --user-timeout, in ms (0: the kernel's default). */
+  userTimeout: number;
   /** --udp-timeout, in ms. */
   udpTimeout: number;
   /** --udp-sessions-max. */
@@ -100,6 +102,7 @@ const OPTIONS: OptionSpec[] = [
   { long: 'connect-retry', hasArg: true, extension: true },
   { long: 'idle-timeout', hasArg: true, extension: true },
   { long: 'keepalive', hasArg: true, extension: true },
+  { long: 'user-timeout', hasArg: true, extension: true },
   { long: 'udp-timeout', hasArg: true, extension: true },
   { long: 'udp-sessions-max', hasArg: true, extension: true },
   { long: 'metrics', hasArg: true, extension: true },
@@ -155,8 +158,11 @@ Extensions (not in systemd-socket-proxyd):
      --keepalive=IDLE[,INTERVAL[,COUNT]]
                           TCP keepalive on both TCP sockets: first probe after
                           IDLE, then every INTERVAL (default IDLE/4, 1s-${MAX_DEFAULT_KEEPALIVE_INTERVAL_S}s),
-                          dropped after COUNT unanswered (default ${DEFAULT_KEEPALIVE_COUNT}); also
-                          TCP_USER_TIMEOUT=IDLE+INTERVAL*COUNT
+                          dropped after COUNT unanswered (default ${DEFAULT_KEEPALIVE_COUNT})
+     --user-timeout=SPAN  TCP_USER_TIMEOUT on both TCP sockets: end a
+                          connection whose sent data stays unacknowledged
+                          for SPAN, also a peer that stops reading that long
+                          (default: the kernel's, about 15 minutes)
      --udp-timeout=SPAN   End a UDP session after SPAN without a datagram
                           either way (default ${DEFAULT_UDP_TIMEOUT_MS / 1000}s)
      --udp-sessions-max=N UDP sessions (client addresses) at once; past it the
@@ -303,6 +309,7 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
     resolveInterval: DEFAULTS.resolveInterval,
     connectRetry: 0,
     idleTimeout: 0,
+    userTimeout: 0,
     udpTimeout: DEFAULT_UDP_TIMEOUT_MS,
     udpSessionsMax: DEFAULT_UDP_SESSIONS_MAX,
     accessLog: false,
@@ -377,6 +384,9 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
         return null;
       case 'access-log':
         o.accessLog = true;
+        return null;
+      case 'user-timeout':
+        o.userTimeout = spanMs(spec.long, value, { infinityIsOff: true });
         return null;
       case 'udp-timeout':
         if (parseSpan(spec.long, value) === USEC_INFINITY) throw new UsageError(`--udp-timeout= must be finite: ${value}`);

@@ -66,13 +66,19 @@ export interface SocketProxyOptions {
   connectRetry?: number;
   /** Reset connections with no byte moved in either direction for this many ms. Default 0: never. */
   idleTimeout?: number;
-  /** TCP keepalive (and TCP_USER_TIMEOUT) on both TCP sockets of every connection. Default: off. */
+  /** TCP keepalive on both TCP sockets of every connection. Default: off. */
   keepalive?: KeepaliveOptions;
   /**
    * One line per finished connection (and per client refused at the limit), emitted as 'access'
    * events in batches. Default false.
    */
   accessLog?: boolean;
+  /**
+   * TCP_USER_TIMEOUT on both TCP sockets, in ms: sent data unacknowledged this long ends the
+   * connection (also a peer that keeps its window shut: a reader paused that long). Default 0: the
+   * kernel's (about 15 minutes of retransmissions).
+   */
+  userTimeout?: number;
   /** A UDP session ends after this many ms without a datagram either way. Default 30000. */
   udpTimeout?: number;
   /** UDP sessions open at once; past it the least recently active one is evicted. Default 4096. */
@@ -173,6 +179,7 @@ interface ProxyConfig {
   idleTimeout: number;
   keepalive: KeepaliveSeconds | null;
   accessLog: boolean;
+  userTimeout: number;
   udpTimeout: number;
   udpSessionsMax: number;
 }
@@ -254,6 +261,7 @@ function checkOptions(options: SocketProxyOptions): ProxyConfig {
     idleTimeout: integerOption(options, 'idleTimeout', 0),
     keepalive: checkKeepalive(options.keepalive),
     accessLog: checkBoolean(options.accessLog, 'options.accessLog'),
+    userTimeout: integerOption(options, 'userTimeout', 0),
     udpTimeout: integerOption(options, 'udpTimeout', DEFAULT_UDP_TIMEOUT_MS),
     udpSessionsMax: integerOption(options, 'udpSessionsMax', DEFAULT_UDP_SESSIONS_MAX),
   };
@@ -357,9 +365,23 @@ export class SocketProxy extends EventEmitter {
       }
       this.listening = this.pending.map((fd) => {
         const info = addon.inspectFd(fd);
-        (info.type === 'dgram' ? datagrams : streams).push(fd);
         const address = info.address ?? `fd ${fd}`;
-        return info.type === 'dgram' ? `udp:${address}` : address;
+        if (info.type !== 'dgram') {
+          streams.push(fd);
+          return address;
+        }
+        // The engine forwards UDP only, from a bound socket, to a HOST:PORT target.
+        if (info.family !== 'inet' && info.family !== 'inet6') {
+          throw codedError(ERR_INVALID_ARG_VALUE, `fd ${fd} is a ${info.family} datagram socket: only UDP is forwarded`, RangeError);
+        }
+        if (!info.address || /:0$/.test(info.address)) {
+          throw codedError(ERR_INVALID_ARG_VALUE, `fd ${fd} is a datagram socket that is not bound`, RangeError);
+        }
+        if (this.target.kind === 'unix') {
+          throw codedError(ERR_INVALID_ARG_VALUE, `datagrams are forwarded to a HOST:PORT target, not to ${this.target.path}`, RangeError);
+        }
+        datagrams.push(fd);
+        return `udp:${address}`;
       });
     } catch (error) {
       this.fail();
@@ -397,6 +419,7 @@ export class SocketProxy extends EventEmitter {
           keepaliveCount: c.keepalive.count,
         }),
         accessLog: c.accessLog,
+        userTimeoutMs: c.userTimeout,
         udpTimeoutMs: c.udpTimeout,
         udpSessionsMax: c.udpSessionsMax,
       });

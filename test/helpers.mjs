@@ -306,6 +306,21 @@ export async function abstractListening(name) {
   return table.split('\n').some((line) => line.endsWith(` ${name}`) && line.split(/\s+/)[3] === '00010000');
 }
 
+/**
+ * True once something listens on TCP `port` (any address, IPv4 or IPv6), read
+ * from /proc/net/tcp{,6}; in the network namespace of process `pid` if given.
+ */
+export async function tcpListening(port, pid = 'self') {
+  const { readFile } = await import('node:fs/promises');
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  for (const table of [`/proc/${pid}/net/tcp`, `/proc/${pid}/net/tcp6`]) {
+    // Columns: sl local_address(ADDR:PORT, hex) rem_address st(0A = LISTEN) …
+    const rows = (await readFile(table, 'utf8')).split('\n').slice(1).map((l) => l.trim().split(/\s+/));
+    if (rows.some((r) => r[1]?.endsWith(hex) && r[3] === '0A')) return true;
+  }
+  return false;
+}
+
 /** An echo server on the abstract name "@name": socat, one `cat` per connection. */
 export async function abstractEchoServer(name) {
   const child = socat([`ABSTRACT-LISTEN:${name.slice(1)},fork,backlog=256`, 'EXEC:cat'], ['ignore', 'ignore', 'inherit']);
@@ -458,6 +473,23 @@ while True:
       await exited;
     },
   };
+}
+
+/**
+ * Our CLI socket-activated at once on a fresh 127.0.0.1 port (activateNow: no
+ * first connection needed, none made); resolves {child, port} once it logged
+ * its startup line. The child has stderrText and `exited`.
+ */
+export async function startProxyNow(args, { env = {} } = {}) {
+  const port = await freePort();
+  const child = activateNow(port, process.execPath, [CLI, ...args], { env });
+  child.exited.catch(() => {});
+  const up = await Promise.race([waitFor(() => /Listening on/.test(child.stderrText), 15_000), child.exited.then(() => false)]);
+  if (!up) {
+    child.kill('SIGKILL');
+    throw new Error(`the proxy did not start: ${child.stderrText}`);
+  }
+  return { child, port };
 }
 
 /** Writes `text` and resolves once as many bytes came back (an echo behind the proxy). */
