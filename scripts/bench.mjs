@@ -12,6 +12,7 @@
 // the report (markdown) to stdout. Not part of `npm test`.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -53,6 +54,9 @@ const PROXIES = [
   { id: 'ours-pp2', name: 'socket-proxyd --proxy-protocol=v2', args: ['--proxy-protocol=v2'], only: ['keepalive-1k', 'newconn'] },
   { id: 'ours-idle', name: 'socket-proxyd --idle-timeout=5min', args: ['--idle-timeout=5min'], only: ['keepalive-1k', 'newconn'] },
   { id: 'ours-ka', name: 'socket-proxyd --keepalive=60s', args: ['--keepalive=60s'], only: ['keepalive-1k', 'newconn'] },
+  // Monitoring (issue 12): the access log (to a file, as the journal would take it) and a metrics
+  // endpoint scraped every second during the runs.
+  { id: 'ours-mon', name: 'socket-proxyd --metrics --access-log', args: ['--access-log'], metrics: true, stderrToFile: true, only: ['keepalive-1k', 'newconn'] },
   { id: 'haproxy', name: 'HAProxy (tcp, splice-auto)' },
   { id: 'socat', name: 'socat' },
   { id: 'node', name: 'Node net pipe' },
@@ -222,16 +226,21 @@ const log = (...a) => console.error(...a);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Starts a long-running child; keeps the last 8 KiB of its output for error messages. */
-function startChild(cmd, args, { env, stdin = 'ignore', onStdout } = {}) {
-  const child = spawn(which(cmd) || cmd, args, { detached: true, stdio: [stdin, 'pipe', 'pipe'], env: env ?? process.env });
+function startChild(cmd, args, { env, stdin = 'ignore', onStdout, stderrFile } = {}) {
+  // stderrFile: the child writes its stderr there itself (a chatty child, such as one writing an access
+  // log, costs this process nothing); `tail` then reads the file's end when an error message needs it.
+  const errFd = stderrFile ? fs.openSync(stderrFile, 'a') : null;
+  const child = spawn(which(cmd) || cmd, args, { detached: true, stdio: [stdin, 'pipe', errFd ?? 'pipe'], env: env ?? process.env });
+  if (errFd !== null) fs.closeSync(errFd);
   children.add(child);
-  child.tail = '';
+  child.kept = '';
+  Object.defineProperty(child, 'tail', { get: () => (stderrFile ? fileTail(stderrFile) + child.kept : child.kept).slice(-8192) });
   const keep = (d) => {
-    child.tail = (child.tail + d.toString()).slice(-8192);
+    child.kept = (child.kept + d.toString()).slice(-8192);
   };
   if (onStdout) child.stdout.on('data', onStdout);
   else child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
+  child.stderr?.on('data', keep);
   child.exited = new Promise((resolve) =>
     child.on('exit', (code, signal) => {
       children.delete(child);
@@ -240,9 +249,40 @@ function startChild(cmd, args, { env, stdin = 'ignore', onStdout } = {}) {
     }),
   );
   child.on('error', (e) => {
-    child.tail += `\nspawn error: ${e.message}`;
+    child.kept += `\nspawn error: ${e.message}`;
   });
   return child;
+}
+
+/** The last 8 KiB of a file ('' if it cannot be read). */
+function fileTail(file) {
+  try {
+    const fd = fs.openSync(file, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const buf = Buffer.alloc(Math.min(size, 8192));
+      fs.readSync(fd, buf, 0, buf.length, size - buf.length);
+      return buf.toString();
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return '';
+  }
+}
+
+/** GET http://127.0.0.1:port/metrics; resolves the body (rejects on an error or a status other than 200). */
+function scrapeMetrics(port) {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`HTTP ${res.statusCode}`))));
+    });
+    req.setTimeout(5000, () => req.destroy(new Error('no answer within 5 s')));
+    req.on('error', reject);
+  });
 }
 
 /** Runs a command to completion (tracked, so it is killed on exit too). */
@@ -551,6 +591,8 @@ const UNPRIV = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups'
 async function startProxy(id, upstreamPort, { unprivileged = false } = {}) {
   if (id === 'direct') return { id, port: upstreamPort, pid: null };
   const port = await freePort();
+  const spec = PROXIES.find((p) => p.id === id);
+  const metricsPort = spec.metrics ? await freePort() : null;
   const target = `127.0.0.1:${upstreamPort}`;
   const listen = `127.0.0.1:${port}`;
   let cmd, args;
@@ -564,9 +606,10 @@ async function startProxy(id, upstreamPort, { unprivileged = false } = {}) {
     case 'ours-pp2':
     case 'ours-idle':
     case 'ours-ka':
+    case 'ours-mon':
       cmd = 'systemd-socket-activate';
       args = ['-l', listen, process.execPath, path.join(ROOT, 'bin', 'socket-proxyd'), '--connections-max=60000',
-        ...(PROXIES.find((p) => p.id === id).args ?? []), target];
+        ...(PROXIES.find((p) => p.id === id).args ?? []), ...(spec.metrics ? [`--metrics=127.0.0.1:${metricsPort}`] : []), target];
       // systemd-socket-activate passes its child only the variables named with -E
       if (id === 'baseline') args.unshift(`-ESOCKET_PROXYD_ADDON=${BASELINE_ADDON}`);
       break;
@@ -613,8 +656,8 @@ backend out
   // it (it splices into sockets whose peer may be gone) and dies without it. Emulate that for all.
   [cmd, args] = ['sh', ['-c', 'trap "" PIPE; exec "$@"', 'sh', cmd, ...args]];
   [cmd, args] = wrapLimit(cmd, args);
-  const child = startChild(cmd, args);
-  const name = PROXIES.find((p) => p.id === id).name;
+  const child = startChild(cmd, args, { stderrFile: spec.stderrToFile ? path.join(tmpDir, `${id}-${port}.stderr`) : undefined });
+  const name = spec.name;
   await waitListening(port, child, name);
   // Warm up: socket activation execs the proxy on the first connection. Hold one connection until the
   // proxy runs (exe is no longer systemd-socket-activate), so no measurement pays for its start.
@@ -637,6 +680,15 @@ backend out
   }
   await sleep(200);
   if (child.exitInfo) throw new Error(`${name} exited:\n${child.tail}`);
+  if (metricsPort) {
+    // The endpoint must answer with the proxy's figures; then it is scraped every second, as a
+    // (busy) Prometheus would, for as long as the bench runs.
+    const text = await scrapeMetrics(metricsPort).catch((e) => {
+      throw new Error(`${name}: no metrics at 127.0.0.1:${metricsPort}/metrics: ${e.message}\n${child.tail}`);
+    });
+    if (!/^socket_proxyd_connections_accepted_total \d+$/m.test(text)) throw new Error(`${name}: unexpected metrics:\n${text.slice(0, 2000)}`);
+    setInterval(() => scrapeMetrics(metricsPort).catch(() => {}), 1000).unref();
+  }
   return { id, port, pid: child.pid, child };
 }
 

@@ -49,6 +49,10 @@ export interface CliOptions {
   udpTimeout: number;
   /** --udp-sessions-max. */
   udpSessionsMax: number;
+  /** --metrics: where to serve Prometheus metrics, if given. */
+  metrics?: Address;
+  /** --access-log: a line per finished connection. */
+  accessLog: boolean;
 }
 
 export type ParsedCommandLine = { action: 'help' } | { action: 'version' } | { action: 'run'; options: CliOptions };
@@ -101,6 +105,8 @@ const OPTIONS: OptionSpec[] = [
   { long: 'user-timeout', hasArg: true, extension: true },
   { long: 'udp-timeout', hasArg: true, extension: true },
   { long: 'udp-sessions-max', hasArg: true, extension: true },
+  { long: 'metrics', hasArg: true, extension: true },
+  { long: 'access-log', hasArg: false, extension: true },
 ];
 
 export function helpText(): string {
@@ -161,6 +167,12 @@ Extensions (not in systemd-socket-proxyd):
                           either way (default ${DEFAULT_UDP_TIMEOUT_MS / 1000}s)
      --udp-sessions-max=N UDP sessions (client addresses) at once; past it the
                           least recently active one is evicted (default ${DEFAULT_UDP_SESSIONS_MAX})
+     --metrics=ADDRESS    Serve Prometheus metrics over HTTP at /metrics on
+                          ADDRESS (HOST:PORT, [IPv6]:PORT, /path or @name)
+     --access-log         Log a line per finished connection (info level):
+                          client, local and upstream addresses, bytes each
+                          way, connect time, duration and how it ended; at
+                          most 1000 lines a second per forwarding thread
 
 Listening sockets come from systemd socket activation ($LISTEN_FDS, see
 sd_listen_fds(3)); each must be a listening stream socket, or a bound UDP
@@ -300,6 +312,7 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
     userTimeout: 0,
     udpTimeout: DEFAULT_UDP_TIMEOUT_MS,
     udpSessionsMax: DEFAULT_UDP_SESSIONS_MAX,
+    accessLog: false,
   };
 
   // Applies one option; returns an action for --help/--version.
@@ -361,6 +374,16 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
         return null;
       case 'keepalive':
         o.keepalive = parseKeepalive(value);
+        return null;
+      case 'metrics':
+        try {
+          o.metrics = parseAddress(value, undefined, true);
+        } catch (error) {
+          throw new UsageError(`Failed to parse --metrics= argument: ${(error as Error).message}`);
+        }
+        return null;
+      case 'access-log':
+        o.accessLog = true;
         return null;
       case 'user-timeout':
         o.userTimeout = spanMs(spec.long, value, { infinityIsOff: true });
