@@ -4,6 +4,7 @@
 // and no proxy.
 //
 //   npm run bench [-- --rounds N] [--quick] [--only WORKLOAD,..] [--proxies a,b] [--json FILE]
+//   npm run bench -- --only coldstart     # the cold-start row alone (~20 s)
 //
 // Every workload runs in interleaved rounds: each round runs every proxy once per workload, in an order
 // that rotates from round to round, and the table shows medians. Every figure is also printed as a
@@ -11,6 +12,7 @@
 // socket-activated by systemd-socket-activate, the way systemd starts them. Progress goes to stderr,
 // the report (markdown) to stdout. Not part of `npm test`.
 import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -39,6 +41,7 @@ const USAGE = `usage: node scripts/bench.mjs [options]
   --only W[,W..]      workloads: ${'WORKLOADS'} (default: all)
   --proxies P[,P..]   proxies: ${'PROXIES'} (default: all; the reference is always included)
   --idle N            idle connections to hold (default 10000, lowered to what RLIMIT_NOFILE allows)
+  --samples N         cold starts per proxy, spread over the rounds (default 15)
   --json FILE         also write every sample and the summary as JSON
   --baseline ADDON    also run socket-proxyd with this addon build (e.g. one made from main before a
                       change), as the proxy "baseline", to compare two builds in the same run
@@ -60,6 +63,8 @@ const PROXIES = [
   { id: 'haproxy', name: 'HAProxy (tcp, splice-auto)' },
   { id: 'socat', name: 'socat' },
   { id: 'node', name: 'Node net pipe' },
+  // scripts/bench/fd3-forwarder.cjs, socket-activated: what any Node.js forwarder's cold start costs
+  { id: 'floor', name: 'Node net.Server({fd: 3}) (floor)', only: ['coldstart'] },
 ];
 const REF = 'systemd';
 
@@ -123,6 +128,12 @@ const WORKLOADS = [
       { id: 'udp-1400-lost', label: 'udpload 1,400-byte: lost, % of sent (lower is better)', fmt: 'pct', better: 'lower' },
     ],
   },
+  {
+    // --exit-idle-time: the proxy starts on the first client after each idle period
+    id: 'coldstart',
+    proxies: ['systemd', 'ours', 'baseline', 'floor'],
+    rows: [{ id: 'coldstart', label: 'first byte after socket activation (client in the backlog, spawn to echoed reply), ms (lower is better)', fmt: 'ms', better: 'lower', targetOverFloor: 10 }],
+  },
 ];
 const UDP_RATIO_TO = 'socat';
 
@@ -136,6 +147,7 @@ try {
       only: { type: 'string' },
       proxies: { type: 'string' },
       idle: { type: 'string' },
+      samples: { type: 'string' },
       json: { type: 'string' },
       baseline: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -163,6 +175,8 @@ if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) die(`--rounds must be a positive
 if (!(Number.isInteger(DURATION) && DURATION >= 1)) die(`--duration must be a whole number of seconds (wrk takes no fractions)`);
 const IDLE_WANTED = opts.idle ? Number(opts.idle) : 10000;
 if (!(Number.isInteger(IDLE_WANTED) && IDLE_WANTED >= 1)) die('--idle must be a positive integer');
+const COLD_SAMPLES = opts.samples ? Number(opts.samples) : 15;
+if (!(Number.isInteger(COLD_SAMPLES) && COLD_SAMPLES >= 1)) die('--samples must be a positive integer');
 
 let selectedWorkloads = WORKLOADS.map((w) => w.id);
 if (opts.only) {
@@ -938,6 +952,119 @@ async function runUdpLoad(proxy, echo, size, seconds = DURATION) {
   return { value: j.rate, lostPct: j.sent ? (100 * j.lost) / j.sent : 0, ...j, cpu, kernelDrops: drops };
 }
 
+/** An echo server in this process: the upstream of the cold-start runs. */
+async function startEcho() {
+  const server = net.createServer((s) => {
+    s.setNoDelay(true);
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  await new Promise((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
+  return { server, port: server.address().port };
+}
+
+const COLD_LABEL = { 'node-e0': '`node -e 0`' };
+
+/**
+ * One cold start: systemd-socket-activate listens (its own start is not counted); then a client
+ * connects — the kernel puts it in the backlog — and sends a line, the connection makes
+ * systemd-socket-activate exec the proxy, and the time runs until the echo of that line is back.
+ * For `node-e0`: spawn to exit of `node -e 0`, for scale.
+ */
+async function coldSample(id, echoPort) {
+  if (id === 'node-e0') {
+    const t0 = performance.now();
+    const child = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
+    const [code] = await once(child, 'exit');
+    if (code !== 0) throw new Error(`node -e 0 exited ${code}`);
+    return performance.now() - t0;
+  }
+  const port = await freePort();
+  const target = `127.0.0.1:${echoPort}`;
+  const program = {
+    systemd: [REFERENCE_BIN, target],
+    ours: [process.execPath, path.join(ROOT, 'bin', 'socket-proxyd'), target],
+    baseline: [process.execPath, path.join(ROOT, 'bin', 'socket-proxyd'), target],
+    floor: [process.execPath, path.join(HERE, 'fd3-forwarder.cjs'), target],
+  }[id];
+  const extra = id === 'baseline' ? [`-ESOCKET_PROXYD_ADDON=${BASELINE_ADDON}`] : [];
+  // SIGPIPE ignored, as under systemd (see startProxy)
+  const child = startChild('sh', ['-c', 'trap "" PIPE; exec "$@"', 'sh', 'systemd-socket-activate', ...extra, '-l', `127.0.0.1:${port}`, ...program]);
+  const name = PROXIES.find((p) => p.id === id).name;
+  try {
+    await deadline(new Promise((resolve, reject) => {
+      const check = () => child.tail.includes('Listening on') && resolve();
+      child.stderr.on('data', check);
+      child.exited.then(() => reject(new Error(`systemd-socket-activate exited:\n${child.tail}`)));
+    }), 10000, `systemd-socket-activate for ${name} did not listen`);
+    const t0 = performance.now();
+    const client = net.connect({ host: '127.0.0.1', port, noDelay: true });
+    client.on('error', () => {});
+    client.write('cold start\n');
+    let got = '';
+    await deadline(new Promise((resolve, reject) => {
+      client.on('data', (d) => (got += d) === 'cold start\n' && resolve());
+      client.on('close', () => reject(new Error(`${name} closed the connection (got ${JSON.stringify(got)}):\n${child.tail}`)));
+    }), 20000, `${name}: no echo within 20 s:\n${child.tail}`);
+    const ms = performance.now() - t0;
+    client.destroy();
+    return ms;
+  } finally {
+    killGroup(child, 'SIGKILL');
+    await child.exited;
+  }
+}
+
+function deadline(promise, ms, message) {
+  let timer;
+  return Promise.race([promise, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)))]).finally(() => clearTimeout(timer));
+}
+
+/** n cold starts of each of `who` and of `node -e 0`, interleaved: the order rotates every sample. */
+async function runColdStart(who, n, echoPort, say) {
+  const order = [...who, 'node-e0'];
+  const samples = Object.fromEntries(order.map((p) => [p, []]));
+  const errors = [];
+  for (let i = 0; i < n; i++) {
+    const turn = order.slice(i % order.length).concat(order.slice(0, i % order.length));
+    const line = [];
+    for (const p of turn) {
+      try {
+        const ms = await coldSample(p, echoPort);
+        samples[p].push(ms);
+        line.push(`${p} ${ms.toFixed(1)}`);
+      } catch (e) {
+        errors.push(`${p}: ${e.message}`);
+        line.push(`${p} FAILED`);
+      }
+      await sleep(50);
+    }
+    say(`${i + 1}/${n}: ${line.join(', ')} ms`);
+  }
+  return { samples, errors };
+}
+
+function coldStartNote(byProxy, nodeE0) {
+  const m = (p) => median(p === 'node-e0' ? nodeE0 : byProxy[p] ?? []);
+  const range = (xs) => (xs.length ? `${Math.min(...xs).toFixed(1)}–${Math.max(...xs).toFixed(1)}` : '?');
+  const parts = [];
+  for (const p of [...proxiesFor('coldstart'), 'node-e0']) {
+    const xs = p === 'node-e0' ? nodeE0 : byProxy[p] ?? [];
+    if (!xs.length) continue;
+    parts.push(`${COLD_LABEL[p] ?? PROXIES.find((x) => x.id === p).name} ${m(p).toFixed(1)} ms (median of ${xs.length}, range ${range(xs)})`);
+  }
+  const ours = m('ours'), ref = m('systemd'), floor = m('floor'), e0 = m('node-e0');
+  const vs = [];
+  if (ours != null && ref != null) vs.push(`${(ours - ref).toFixed(1)} ms more than systemd-socket-proxyd (${(ours / ref).toFixed(1)}×)`);
+  if (ours != null && floor != null) vs.push(`${(ours - floor).toFixed(1)} ms over the bare Node forwarder`);
+  if (e0 != null) vs.push(`for scale, \`node -e 0\` takes ${e0.toFixed(1)} ms from spawn to exit (its exit and -e evaluation included)`);
+  return (
+    'Cold start (--exit-idle-time starts the proxy on the first client after each idle period): systemd-socket-activate listens, a client connects ' +
+    '(the kernel queues it in the backlog) and sends a line; the time from connect() to its echo, through a proxy exec\'d by that connection to an echo ' +
+    `server in the bench process. All take turns sample by sample. ${parts.join('; ')}. socket-proxyd: ${vs.join('; ') || '—'}.`
+  );
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Report
 
@@ -982,7 +1109,8 @@ function buildReport(env, samples, notes, cmdline) {
   );
   out.push(`Versions: ${Object.entries(env.versions).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   out.push('');
-  const cols = selectedProxies;
+  // a proxy in none of the rows shown (e.g. the floor, without the cold start) has no column
+  const cols = selectedProxies.filter((p) => p === REF || rows.some((r) => p in r.cells));
   out.push(`| workload | ${cols.map((c) => PROXIES.find((p) => p.id === c).name).join(' | ')} |`);
   out.push(`|---|${cols.map(() => '---:').join('|')}|`);
   for (const r of rows) {
@@ -1021,9 +1149,16 @@ function buildReport(env, samples, notes, cmdline) {
         }
         continue;
       }
-      if (r.target == null && r.targetAbs == null) continue;
+      if (r.target == null && r.targetAbs == null && r.targetOverFloor == null) continue;
       let met, text;
-      if (v == null || (r.target != null && !r.ref)) {
+      if (r.targetOverFloor != null) {
+        const floor = r.cells.floor;
+        met = v == null || floor == null ? null : v - floor <= r.targetOverFloor;
+        text = met == null
+          ? 'not measured (needs socket-proxyd and the floor)'
+          : `${FMT[r.fmt](v - floor)} ms over the floor (target ≤ ${r.targetOverFloor} ms; ${FMT[r.fmt](v)} against the floor's ${FMT[r.fmt](floor)}` +
+            `${r.ref != null ? ` and the reference's ${FMT[r.fmt](r.ref)}` : ''})`;
+      } else if (v == null || (r.target != null && !r.ref)) {
         met = null;
         text = 'not measured';
       } else if (r.targetAbs != null) {
@@ -1114,6 +1249,7 @@ async function main() {
   if (['keepalive-1k', 'mib', 'newconn'].some(wantW)) up.nginx = await startNginx();
   if (wantW('idle')) up.idle = await startIdleHolder(wrapLimit);
   if (wantW('bulk300')) up.sink = await startSink();
+  const echo = wantW('coldstart') ? await startEcho() : null;
   if (wantW('dns')) up.nsd = await startNsd();
   if (wantW('udp-64') || wantW('udp-1400')) up.udpecho = await startUdpEcho();
   const UDP_WORKLOADS = WORKLOADS.filter((w) => w.udp && wantW(w.id)).map((w) => w.id);
@@ -1175,6 +1311,10 @@ async function main() {
   // never shrinks back after earlier connections close).
   if (wantW('idle')) steps.push({ w: 'idle', kind: 'idle', fresh: true, fn: (px) => runIdle(px, up.idle, idleN) });
   if (wantW('bulk300')) steps.push({ w: 'bulk300', kind: 'sink', fn: (px) => runStreams(px, up.sink, 300) });
+  // Cold start: every proxy (and `node -e 0`) in turn, sample after sample, in one step.
+  const coldPerRound = Math.ceil(COLD_SAMPLES / ROUNDS);
+  const nodeE0 = [];
+  if (wantW('coldstart')) steps.push({ w: 'coldstart', all: true });
   // Datagrams. dns-rate runs right after dns in each round, every proxy at the queries/s socat reached in
   // that round's dns run (rate-limited with -Q), for the latency and the losses at a rate all can carry.
   let socatQps = null;
@@ -1228,6 +1368,15 @@ async function main() {
   for (let round = 0; round < ROUNDS; round++) {
     for (const step of steps) {
       const who = rotate(proxiesFor(step.of ?? step.w), round);
+      if (step.all) {
+        const res = await runColdStart(who, coldPerRound, echo.port, (line) => log(`[round ${round + 1}/${ROUNDS}] coldstart    ${line}`));
+        for (const [p, values] of Object.entries(res.samples)) {
+          for (const v of values) p === 'node-e0' ? nodeE0.push(v) : push('coldstart', p, v);
+        }
+        rawRuns.push({ round: round + 1, workload: 'coldstart', samples: res.samples, errors: res.errors, value: res.errors.length ? null : Object.values(res.samples).flat().length });
+        for (const e of res.errors) notes.push(`round ${round + 1}, coldstart: ${e}`);
+        continue;
+      }
       for (const p of who) {
         const px = step.fresh ? await startProxy(p, up[step.kind].port) : get(step.kind, p);
         if (px.child && px.child.exitInfo) throw new Error(`${p} (${step.kind}) died: ${JSON.stringify(px.child.exitInfo)}\n${px.child.tail}`);
@@ -1324,10 +1473,13 @@ async function main() {
     );
   }
 
+  if (wantW('coldstart')) notes.push(coldStartNote(samples.coldstart ?? {}, nodeE0));
+
   const report = buildReport(env, samples, notes, cmdline);
   // Stop everything before printing, in reverse start order.
   for (const k of Object.keys(inst).reverse()) if (inst[k].child) await stopChild(inst[k].child);
   for (const u of Object.values(up)) await stopChild(u.child);
+  if (echo) echo.server.close();
   console.log('\n' + report.text);
   if (opts.json) {
     fs.writeFileSync(opts.json, JSON.stringify({ command: cmdline, rounds: ROUNDS, duration: DURATION, idleConnections: idleN, ...env, rows: report.rows, targets: report.targets, runs: rawRuns, notes }, null, 2) + '\n');
