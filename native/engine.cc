@@ -229,7 +229,7 @@ void Engine::Shutdown() {
   if (closed_) return;
   closed_ = true;
   if (forwarder_) forwarder_->Stop();  // joins the workers: nothing calls back after this
-  if (started_) events_.Release();
+  if (started_ && !events_finalized_->load()) events_.Release();
 }
 
 void Engine::OnActivityChanged() {
@@ -259,7 +259,9 @@ Napi::Value Engine::Start(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   // Unlimited queue: a worker never blocks on the JS thread.
-  events_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "socket-proxyd", 0, 1);
+  std::shared_ptr<std::atomic<bool>> finalized = events_finalized_;
+  events_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "socket-proxyd", 0, 1,
+                                          [finalized](Napi::Env) { finalized->store(true); });
   started_ = true;
   int error_number = 0;
   std::string error = forwarder_->Start(&error_number);
