@@ -463,6 +463,15 @@ void Worker::Pump(Connection* c) {
     if (results[i] == ShovelResult::kFailed) return Fail(c, shovel_.failure());
   }
   if (moved > 0 && c->idle.linked()) Touch(c);
+  // A side that failed after its own stream had ended (a client that
+  // half-closed, then reset) is read no more, so the shovel never meets its
+  // error; a silent other peer would never learn. Pass it on now.
+  for (Side* side : {&c->client, &c->upstream}) {
+    if (side->failed && (side == &c->client ? c->to_upstream : c->to_client).done) {
+      int err = SocketError(side->fd);
+      return Fail(c, ShovelFailure{"error on", side, err != 0 ? err : ECONNRESET});
+    }
+  }
   if (c->to_upstream.done && c->to_client.done) {
     return Close(c, CloseHow::kEnd, c->ended_first == &c->client ? EndCause::kClientEnd : EndCause::kUpstreamEnd);
   }
