@@ -462,3 +462,45 @@ test('setsockopt failing (ENOMEM, ENOBUFS; with --keepalive): that client closed
     await p.close();
   }
 });
+
+// ---------------------------------------------------------------------------
+// Found while analysing the stalls above, on a real kernel with no fault
+// injected: a client's reset that follows its own half-close is not passed on
+// while the upstream stays silent. The connection (two sockets) stays open
+// until the upstream writes or --idle-timeout runs out, and the upstream never
+// learns that its client is gone. The same client resetting without a
+// half-close first is passed on at once.
+
+for (const halfClosedFirst of [false, true]) {
+  const name = halfClosedFirst
+    ? 'a client that half-closes, then resets while the upstream is silent: the upstream gets the reset (BUG: it is not passed on)'
+    : 'a client that resets while the upstream is silent: the upstream gets the reset';
+  test(name, { timeout: 30_000, todo: halfClosedFirst ? 'engine: a reset on a side whose direction is done is never read' : false }, async () => {
+    const upstreamSockets = [];
+    const server = await startServerWith({ allowHalfOpen: true }, (s) => {
+      const seen = { data: '', ended: false, error: null, closed: false };
+      upstreamSockets.push(seen);
+      s.on('data', (d) => (seen.data += d));
+      s.on('end', () => (seen.ended = true)); // and says nothing: a server still working on the answer
+      s.on('error', (e) => (seen.error = e.code));
+      s.on('close', () => (seen.closed = true));
+    });
+    const proxy = await engineChild({ listen: [{ host: '127.0.0.1', port: 0 }], targets: [{ host: '127.0.0.1', port: server.port }], workers: 1 });
+    const client = net.connect({ port: portOf(proxy), host: '127.0.0.1', allowHalfOpen: true });
+    client.on('error', () => {});
+    try {
+      await new Promise((r) => client.once('connect', r));
+      client.write('request');
+      if (halfClosedFirst) client.end();
+      assert.ok(await waitFor(() => upstreamSockets[0]?.data === 'request' && (!halfClosedFirst || upstreamSockets[0].ended), 10_000), 'the upstream did not get the request');
+      client.resetAndDestroy();
+      const passedOn = await waitFor(() => upstreamSockets[0].closed, 5000);
+      assert.ok(passedOn, `the client's reset did not reach the upstream within 5 s (engine: ${JSON.stringify(await proxy.stats())})`);
+      assert.equal(upstreamSockets[0].error, 'ECONNRESET', 'a reset, not a clean end');
+    } finally {
+      client.destroy();
+      await proxy.close();
+      await server.close();
+    }
+  });
+}
