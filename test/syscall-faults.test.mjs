@@ -137,9 +137,9 @@ function pacedClient(port, seed) {
     stop: async () => {
       clearInterval(timer);
       s.end();
-      let timer;
-      await Promise.race([closed, new Promise((r) => (timer = setTimeout(r, DEADLINE_MS)))]);
-      clearTimeout(timer);
+      let deadline;
+      await Promise.race([closed, new Promise((r) => (deadline = setTimeout(r, DEADLINE_MS)))]);
+      clearTimeout(deadline);
       s.destroy();
       const served = error === null && gotBytes === sentBytes && got.digest('hex') === sent.digest('hex');
       return { outcome: served ? 'served' : 'closed', sentBytes, gotBytes, error };
