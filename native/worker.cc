@@ -23,17 +23,6 @@ constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | 
 
 }  // namespace
 
-bool LogThrottle::Admit(int64_t now, std::string* message) {
-  if (last != 0 && now - last < 1000) {
-    ++suppressed;
-    return false;
-  }
-  if (suppressed != 0) *message += " (" + std::to_string(suppressed) + " more since the last message)";
-  last = now;
-  suppressed = 0;
-  return true;
-}
-
 // ---------------------------------------------------------------------------
 // Lifecycle
 
@@ -401,9 +390,7 @@ void Worker::OnListenerReadable(ListenerWatch* listener) {
 bool Worker::PrepareClient(Connection* c, const sockaddr_storage& peer, socklen_t peer_len) {
   const ForwarderConfig& config = owner_->config_;
   const char* what = "";
-  if (IsInet(peer.ss_family) &&
-      (!SetNoDelay(c->client.fd, &what) ||
-       (config.keepalive.enabled() && !SetKeepalive(c->client.fd, config.keepalive, &what)))) {
+  if (IsInet(peer.ss_family) && !SetTcpOptions(c->client.fd, config, &what)) {
     Fail(c, ShovelFailure{what, &c->client, errno});
     return false;
   }

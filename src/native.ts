@@ -26,6 +26,8 @@ export interface EngineOptions {
   keepaliveIdle?: number;
   keepaliveInterval?: number;
   keepaliveCount?: number;
+  /** TCP_USER_TIMEOUT on both TCP sockets, in ms (0: the kernel's default). */
+  userTimeoutMs?: number;
   /** Send access log batches (EngineEvent.AccessLog). */
   accessLog?: boolean;
   /** Bound UDP sockets to forward datagrams from; the engine owns them from now on. */

@@ -13,6 +13,8 @@ import {
 } from './errors';
 import { keepaliveSeconds, type KeepaliveOptions, type KeepaliveSeconds } from './keepalive';
 import { LogLevel } from './log';
+import type { Registry } from 'prom-client';
+import { processMetrics, promClient, proxyRegistry } from './metrics';
 import { addon, EngineEvent, type NativeEndpoint, type NativeEngine } from './native';
 import { longTimeout } from './timers';
 import {
@@ -64,8 +66,19 @@ export interface SocketProxyOptions {
   connectRetry?: number;
   /** Reset connections with no byte moved in either direction for this many ms. Default 0: never. */
   idleTimeout?: number;
-  /** TCP keepalive (and TCP_USER_TIMEOUT) on both TCP sockets of every connection. Default: off. */
+  /** TCP keepalive on both TCP sockets of every connection. Default: off. */
   keepalive?: KeepaliveOptions;
+  /**
+   * One line per finished connection (and per client refused at the limit), emitted as 'access'
+   * events in batches. Default false.
+   */
+  accessLog?: boolean;
+  /**
+   * TCP_USER_TIMEOUT on both TCP sockets, in ms: sent data unacknowledged this long ends the
+   * connection (also a peer that keeps its window shut: a reader paused that long). Default 0: the
+   * kernel's (about 15 minutes of retransmissions).
+   */
+  userTimeout?: number;
   /** A UDP session ends after this many ms without a datagram either way. Default 30000. */
   udpTimeout?: number;
   /** UDP sessions open at once; past it the least recently active one is evicted. Default 4096. */
@@ -95,6 +108,23 @@ export interface ProxyStats {
   idleTimeouts: number;
   /** Clients that waited for a refusing upstream (`connectRetry`). */
   retriedConnects: number;
+  /** `upstreamFailed` by the last failure's cause (the rest, up to `upstreamFailed`: other causes). */
+  upstreamRefused: number;
+  upstreamTimeout: number;
+  upstreamUnreachable: number;
+  /** The target name resolved to no address (yet). */
+  upstreamNoAddress: number;
+  /** Connections that ended cleanly both ways, the client's side first. */
+  closedClientEnd: number;
+  /** … the upstream's side first. */
+  closedUpstreamEnd: number;
+  /** Connections ended by a reset or error on the client's side (also while waiting for `connectRetry`). */
+  closedClientReset: number;
+  closedUpstreamReset: number;
+  /** Connections ended by a failure of the proxy's own. */
+  closedError: number;
+  /** Connections cut by close() (a drain that ran out, a stop). */
+  closedDrain: number;
   /** UDP sessions open now, and since start: opened, ended by `udpTimeout`, evicted at `udpSessionsMax`. */
   udpSessions: number;
   udpSessionsOpened: number;
@@ -118,6 +148,11 @@ export interface SocketProxyEvents {
   /** The last connection closed (the active count returned to 0). */
   idle: [];
   log: [level: number, message: string];
+  /**
+   * With `accessLog`: the lines of connections that finished, one batch per event (a forwarding
+   * thread sends one at most every 100 ms, or sooner when it is large).
+   */
+  access: [lines: string[]];
 }
 
 export declare interface SocketProxy {
@@ -143,6 +178,8 @@ interface ProxyConfig {
   connectRetry: number;
   idleTimeout: number;
   keepalive: KeepaliveSeconds | null;
+  accessLog: boolean;
+  userTimeout: number;
   udpTimeout: number;
   udpSessionsMax: number;
 }
@@ -223,9 +260,17 @@ function checkOptions(options: SocketProxyOptions): ProxyConfig {
     connectRetry: integerOption(options, 'connectRetry', 0),
     idleTimeout: integerOption(options, 'idleTimeout', 0),
     keepalive: checkKeepalive(options.keepalive),
+    accessLog: checkBoolean(options.accessLog, 'options.accessLog'),
+    userTimeout: integerOption(options, 'userTimeout', 0),
     udpTimeout: integerOption(options, 'udpTimeout', DEFAULT_UDP_TIMEOUT_MS),
     udpSessionsMax: integerOption(options, 'udpSessionsMax', DEFAULT_UDP_SESSIONS_MAX),
   };
+}
+
+function checkBoolean(value: unknown, what: string): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== 'boolean') throw codedError(ERR_INVALID_ARG_TYPE, `${what} must be a boolean; got ${typeof value}`, TypeError);
+  return value;
 }
 
 function checkProxyProtocol(value: unknown): 0 | 1 | 2 {
@@ -279,6 +324,9 @@ export class SocketProxy extends EventEmitter {
   private resolveTimer: NodeJS.Timeout | null = null;
   private referenced = true;
   private pingSeq = 0;
+  /** Made on the first metrics()/metricsRegistry() call. */
+  private registry: Registry | null = null;
+  private metricsRegistries: Registry | null = null;
   /** Addresses the proxy listens on, as the kernel reports them (after start). */
   listening: string[] = [];
 
@@ -317,9 +365,23 @@ export class SocketProxy extends EventEmitter {
       }
       this.listening = this.pending.map((fd) => {
         const info = addon.inspectFd(fd);
-        (info.type === 'dgram' ? datagrams : streams).push(fd);
         const address = info.address ?? `fd ${fd}`;
-        return info.type === 'dgram' ? `udp:${address}` : address;
+        if (info.type !== 'dgram') {
+          streams.push(fd);
+          return address;
+        }
+        // The engine forwards UDP only, from a bound socket, to a HOST:PORT target.
+        if (info.family !== 'inet' && info.family !== 'inet6') {
+          throw codedError(ERR_INVALID_ARG_VALUE, `fd ${fd} is a ${info.family} datagram socket: only UDP is forwarded`, RangeError);
+        }
+        if (!info.address || /:0$/.test(info.address)) {
+          throw codedError(ERR_INVALID_ARG_VALUE, `fd ${fd} is a datagram socket that is not bound`, RangeError);
+        }
+        if (this.target.kind === 'unix') {
+          throw codedError(ERR_INVALID_ARG_VALUE, `datagrams are forwarded to a HOST:PORT target, not to ${this.target.path}`, RangeError);
+        }
+        datagrams.push(fd);
+        return `udp:${address}`;
       });
     } catch (error) {
       this.fail();
@@ -356,6 +418,8 @@ export class SocketProxy extends EventEmitter {
           keepaliveInterval: c.keepalive.interval,
           keepaliveCount: c.keepalive.count,
         }),
+        accessLog: c.accessLog,
+        userTimeoutMs: c.userTimeout,
         udpTimeoutMs: c.udpTimeout,
         udpSessionsMax: c.udpSessionsMax,
       });
@@ -380,6 +444,29 @@ export class SocketProxy extends EventEmitter {
     if (!isLiteral(this.target)) this.scheduleResolve(resolveError ? RESOLVE_RETRY_MS : c.resolveInterval);
   }
 
+  /**
+   * The proxy's metrics in the Prometheus text format (what `--metrics` serves): its own
+   * (socket_proxyd_*, read from native memory now) and prom-client's default process metrics.
+   * Loads prom-client on first use.
+   */
+  async metrics(): Promise<string> {
+    this.metricsRegistries ??= promClient().Registry.merge([this.metricsRegistry(), processMetrics()]);
+    return this.metricsRegistries.metrics();
+  }
+
+  /**
+   * A prom-client Registry holding only the proxy's own metrics (socket_proxyd_*), to merge with
+   * an application's registry (`Registry.merge`). Loads prom-client on first use.
+   */
+  metricsRegistry(): Registry {
+    this.registry ??= proxyRegistry({
+      counters: () => this.counters,
+      workers: () => this.config.workers,
+      maxConnections: () => this.config.maxConnections,
+    });
+    return this.registry;
+  }
+
   /** Live counters, read from native memory. */
   get stats(): ProxyStats {
     const c = this.counters;
@@ -398,6 +485,16 @@ export class SocketProxy extends EventEmitter {
       spliceReads: read(K.spliceReads),
       idleTimeouts: read(K.idleTimeouts),
       retriedConnects: read(K.retriedConnects),
+      upstreamRefused: read(K.upstreamRefused),
+      upstreamTimeout: read(K.upstreamTimeout),
+      upstreamUnreachable: read(K.upstreamUnreachable),
+      upstreamNoAddress: read(K.upstreamNoAddress),
+      closedClientEnd: read(K.closedClientEnd),
+      closedUpstreamEnd: read(K.closedUpstreamEnd),
+      closedClientReset: read(K.closedClientReset),
+      closedUpstreamReset: read(K.closedUpstreamReset),
+      closedError: read(K.closedError),
+      closedDrain: read(K.closedDrain),
       udpSessions: read(K.udpSessions),
       udpSessionsOpened: read(K.udpSessionsOpened),
       udpSessionsExpired: read(K.udpSessionsExpired),
@@ -532,6 +629,7 @@ export class SocketProxy extends EventEmitter {
 
   private onEngineEvent(kind: EngineEvent, level: number, message: string): void {
     if (kind === EngineEvent.Activity) this.checkActivity();
+    else if (kind === EngineEvent.AccessLog) this.emit('access', message.split('\n'));
     else this.emit('log', level, message);
   }
 
