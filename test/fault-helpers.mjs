@@ -65,7 +65,7 @@ const epolls = () => fs.readdirSync('/proc/self/fd').filter((fd) => {
 const before = new Set(epolls());
 const listeners = spec.listen.map((ep) => addon.bindListener(ep, spec.backlog ?? 128));
 const options = { listeners, targets: spec.targets, workers: spec.workers ?? 1, logLevel: spec.logLevel ?? 7 };
-for (const k of ['connectTimeoutMs', 'maxConnections', 'pipeSize', 'proxyProtocol', 'connectRetryMs', 'idleTimeoutMs']) if (spec[k] !== undefined) options[k] = spec[k];
+for (const k of ['connectTimeoutMs', 'maxConnections', 'pipeSize', 'proxyProtocol', 'connectRetryMs', 'idleTimeoutMs', 'keepaliveIdle', 'keepaliveInterval', 'keepaliveCount']) if (spec[k] !== undefined) options[k] = spec[k];
 const engine = new addon.Engine(options);
 engine.start((kind, level, message) => { if (kind === 1) send({ log: { level, message } }); });
 const K = addon.COUNTERS;
@@ -100,7 +100,7 @@ process.stdin.on('end', () => { engine.close(); process.exit(0); });
  * Runs a native Engine in a child node process (same addon: SOCKET_PROXYD_ADDON
  * is inherited). `spec`: {listen: [NativeEndpoint], targets, workers?, logLevel? (default 7),
  * connectTimeoutMs?, maxConnections?, pipeSize?, backlog?, proxyProtocol?, connectRetryMs?,
- * idleTimeoutMs?}.
+ * idleTimeoutMs?, keepaliveIdle?, keepaliveInterval?, keepaliveCount? (seconds)}.
  * Resolves {pid, child, epolls (the engine's epoll fds), listeners [{fd, address, file}],
  * logs [{level, message}], request(cmd), close()}.
  */
@@ -346,6 +346,19 @@ export async function freezeThread(pid, comm) {
 
 // ---------------------------------------------------------------------------
 // strace fault injection
+
+/** The thread ids of every forwarding thread (proxyd-wrk0, proxyd-wrk1, …) of `pid`. */
+export function workerThreadIds(pid) {
+  const tids = fs.readdirSync(`/proc/${pid}/task`).filter((t) => {
+    try {
+      return /^proxyd-wrk\d+$/.test(fs.readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim());
+    } catch {
+      return false;
+    }
+  }).map(Number);
+  assert.ok(tids.length > 0, `no proxyd-wrk thread in process ${pid}`);
+  return tids;
+}
 
 /**
  * Attaches strace to thread ids `tids` (not following new threads) with the
