@@ -142,6 +142,9 @@ export interface ProxyStats {
 
 const RESOLVE_RETRY_MS = 1000;
 
+/** Counter slots that are the engine's bookkeeping, not statistics. */
+const ENGINE_SLOTS = new Set(['busyPeriods', 'open', 'firstWorkerPing']);
+
 export interface SocketProxyEvents {
   /** The first connection opened (the active count left 0). */
   busy: [];
@@ -469,43 +472,13 @@ export class SocketProxy extends EventEmitter {
 
   /** Live counters, read from native memory. */
   get stats(): ProxyStats {
+    // Every slot the engine counts, but its own bookkeeping: the names are ProxyStats's.
     const c = this.counters;
-    const K = addon.COUNTERS;
-    const read = (i: number) => (c ? Number(c[i]) : 0);
-    return {
-      active: read(K.active),
-      accepted: read(K.accepted),
-      refused: read(K.refused),
-      upstreamFailed: read(K.upstreamFailed),
-      bytesToUpstream: read(K.bytesToUpstream),
-      bytesToClient: read(K.bytesToClient),
-      pipesInUse: read(K.pipesInUse),
-      pipesPooled: read(K.pipesPooled),
-      copyReads: read(K.copyReads),
-      spliceReads: read(K.spliceReads),
-      idleTimeouts: read(K.idleTimeouts),
-      retriedConnects: read(K.retriedConnects),
-      upstreamRefused: read(K.upstreamRefused),
-      upstreamTimeout: read(K.upstreamTimeout),
-      upstreamUnreachable: read(K.upstreamUnreachable),
-      upstreamNoAddress: read(K.upstreamNoAddress),
-      closedClientEnd: read(K.closedClientEnd),
-      closedUpstreamEnd: read(K.closedUpstreamEnd),
-      closedClientReset: read(K.closedClientReset),
-      closedUpstreamReset: read(K.closedUpstreamReset),
-      closedError: read(K.closedError),
-      closedDrain: read(K.closedDrain),
-      udpSessions: read(K.udpSessions),
-      udpSessionsOpened: read(K.udpSessionsOpened),
-      udpSessionsExpired: read(K.udpSessionsExpired),
-      udpSessionsEvicted: read(K.udpSessionsEvicted),
-      udpDatagramsToUpstream: read(K.udpDatagramsToUpstream),
-      udpDatagramsToClient: read(K.udpDatagramsToClient),
-      udpBytesToUpstream: read(K.udpBytesToUpstream),
-      udpBytesToClient: read(K.udpBytesToClient),
-      udpDropped: read(K.udpDropped),
-      udpUpstreamRefused: read(K.udpUpstreamRefused),
-    };
+    const stats: Record<string, number> = {};
+    for (const [name, slot] of Object.entries(addon.COUNTERS)) {
+      if (!ENGINE_SLOTS.has(name)) stats[name] = c ? Number(c[slot]) : 0;
+    }
+    return stats as unknown as ProxyStats;
   }
 
   /** True if a socket it forwards from is a UDP socket (known once start() resolved). */
