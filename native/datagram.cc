@@ -4,6 +4,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cstring>
 
@@ -13,10 +14,18 @@
 namespace proxyd {
 namespace {
 
-// Fills `key` from a client address: family, port, address, IPv6 scope.
-bool MakeKey(const DatagramListener* listener, const sockaddr_storage& addr, SessionKey* key) {
+// Fills `key` from a client address (family, port, address, IPv6 scope) and
+// the reply pktinfo (its data: the local address, and the interface where
+// that matters).
+bool MakeKey(const DatagramListener* listener, const sockaddr_storage& addr, const unsigned char* pktinfo,
+             size_t pktinfo_len, SessionKey* key) {
   key->listener = listener;
   std::memset(key->bytes, 0, sizeof key->bytes);
+  if (pktinfo_len != 0) {
+    const cmsghdr* cm = reinterpret_cast<const cmsghdr*>(pktinfo);
+    size_t data = cm->cmsg_len - CMSG_LEN(0);
+    std::memcpy(key->bytes + 24, CMSG_DATA(cm), std::min(data, sizeof(in6_pktinfo)));
+  }
   if (addr.ss_family == AF_INET) {
     const auto& in = reinterpret_cast<const sockaddr_in&>(addr);
     key->bytes[0] = AF_INET;
@@ -47,35 +56,50 @@ bool IsWildcard(const sockaddr_storage& addr) {
 }
 
 // The pktinfo to reply with, from the one the datagram came with: the source
-// is the address the client sent to. Returns its cmsg length (0: none).
+// is the local address it reached. Returns its cmsg length (0: none).
+//  - IPv4 (also an IPv4 client of a dual-stack socket, which gets IP_PKTINFO
+//    too): the destination; for a multicast or limited-broadcast one, which
+//    no reply may come from, the kernel's pick (ipi_spec_dst). A subnet
+//    broadcast address looks like any other here: its reply fails, and is
+//    sent again with the source left to the kernel (FlushListener).
+//  - IPv6: the destination, unless multicast: then the kernel picks the source
+//    (on the interface it came in on, which a link-local group needs).
 size_t ReplyPktinfo(const msghdr& received, unsigned char* out, size_t out_size) {
+  const cmsghdr* v4 = nullptr;
+  const cmsghdr* v6 = nullptr;
   for (cmsghdr* cm = CMSG_FIRSTHDR(&received); cm != nullptr; cm = CMSG_NXTHDR(const_cast<msghdr*>(&received), cm)) {
-    msghdr reply{};
-    reply.msg_control = out;
-    reply.msg_controllen = out_size;
-    cmsghdr* r = CMSG_FIRSTHDR(&reply);
-    if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) {
-      in_pktinfo got;
-      std::memcpy(&got, CMSG_DATA(cm), sizeof got);
-      in_pktinfo info{};
-      info.ipi_spec_dst = got.ipi_addr;  // from the address it was sent to, on any interface
-      r->cmsg_level = IPPROTO_IP;
-      r->cmsg_type = IP_PKTINFO;
-      r->cmsg_len = CMSG_LEN(sizeof info);
-      std::memcpy(CMSG_DATA(r), &info, sizeof info);
-      return CMSG_SPACE(sizeof info);
+    if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) v4 = cm;
+    if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO) v6 = cm;
+  }
+  msghdr reply{};
+  reply.msg_control = out;
+  reply.msg_controllen = out_size;
+  cmsghdr* r = CMSG_FIRSTHDR(&reply);
+  if (v4 != nullptr) {
+    in_pktinfo got;
+    std::memcpy(&got, CMSG_DATA(v4), sizeof got);
+    in_pktinfo info{};
+    bool group = IN_MULTICAST(ntohl(got.ipi_addr.s_addr)) || got.ipi_addr.s_addr == htonl(INADDR_BROADCAST);
+    info.ipi_spec_dst = group ? got.ipi_spec_dst : got.ipi_addr;
+    r->cmsg_level = IPPROTO_IP;
+    r->cmsg_type = IP_PKTINFO;
+    r->cmsg_len = CMSG_LEN(sizeof info);
+    std::memcpy(CMSG_DATA(r), &info, sizeof info);
+    return CMSG_SPACE(sizeof info);
+  }
+  if (v6 != nullptr) {
+    in6_pktinfo info;
+    std::memcpy(&info, CMSG_DATA(v6), sizeof info);
+    if (IN6_IS_ADDR_MULTICAST(&info.ipi6_addr)) {
+      info.ipi6_addr = in6addr_any;
+    } else if (!IN6_IS_ADDR_LINKLOCAL(&info.ipi6_addr)) {
+      info.ipi6_ifindex = 0;  // the interface matters for a link-local address only
     }
-    if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO) {
-      in6_pktinfo info;
-      std::memcpy(&info, CMSG_DATA(cm), sizeof info);
-      // The interface matters for a link-local address only.
-      if (!IN6_IS_ADDR_LINKLOCAL(&info.ipi6_addr)) info.ipi6_ifindex = 0;
-      r->cmsg_level = IPPROTO_IPV6;
-      r->cmsg_type = IPV6_PKTINFO;
-      r->cmsg_len = CMSG_LEN(sizeof info);
-      std::memcpy(CMSG_DATA(r), &info, sizeof info);
-      return CMSG_SPACE(sizeof info);
-    }
+    r->cmsg_level = IPPROTO_IPV6;
+    r->cmsg_type = IPV6_PKTINFO;
+    r->cmsg_len = CMSG_LEN(sizeof info);
+    std::memcpy(CMSG_DATA(r), &info, sizeof info);
+    return CMSG_SPACE(sizeof info);
   }
   return 0;
 }
@@ -121,15 +145,20 @@ std::string DatagramForwarder::Init(const std::vector<int>& fds, int* error_numb
     listener->wildcard = IsWildcard(bound);
     if (listener->wildcard) {
       // Replies must leave from the address the client sent to, which a
-      // wildcard socket only learns from each datagram. An IPv6 socket
-      // reports IPv4 datagrams as v4-mapped IPV6_PKTINFO, and takes that
-      // back for a v4-mapped destination.
+      // wildcard socket only learns from each datagram. A dual-stack IPv6
+      // socket reports IPv4 datagrams with IP_PKTINFO as well (asked for
+      // here; an IPv6-only socket may refuse it, and needs none), and takes
+      // it back for a v4-mapped destination.
       int one = 1;
       int level = bound.ss_family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6;
       int name = bound.ss_family == AF_INET ? IP_PKTINFO : IPV6_RECVPKTINFO;
       if (setsockopt(fd, level, name, &one, sizeof one) < 0) {
         *error_number = errno;
         return "setsockopt(PKTINFO) on a datagram socket: " + ErrnoText(*error_number);
+      }
+      if (bound.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one) < 0 &&
+          owner_->ShouldLog(kLogDebug)) {
+        owner_->Log(kLogDebug, "setsockopt(IP_PKTINFO) on an IPv6 datagram socket: " + ErrnoText(errno));
       }
     }
     epoll_event ev{};
@@ -152,6 +181,10 @@ std::string DatagramForwarder::Init(const std::vector<int>& fds, int* error_numb
 
 void DatagramForwarder::Count(Counter counter, int64_t n) { owner_->Count(counter, n); }
 
+void DatagramForwarder::Warn(std::string message) {
+  if (owner_->ShouldLog(kLogWarning) && error_log_.Admit(NowMs(), &message)) owner_->Log(kLogWarning, std::move(message));
+}
+
 // Client -> upstream: a batch from the listening socket, each datagram to its
 // session's upstream socket (runs of one session's datagrams in one sendmmsg).
 void DatagramForwarder::OnListenerReadable(DatagramListener* listener) {
@@ -173,7 +206,7 @@ void DatagramForwarder::OnListenerReadable(DatagramListener* listener) {
     int n = recvmmsg(listener->fd, in_msgs_.data(), kBatch, MSG_DONTWAIT, nullptr);
     if (n < 0) {
       if (!IsWouldBlock(errno) && !IsInterrupted(errno)) {
-        owner_->Log(kLogWarning, "recvmmsg(datagram socket): " + ErrnoText(errno));
+        Warn("recvmmsg(datagram socket): " + ErrnoText(errno));
       }
       return;
     }
@@ -185,12 +218,14 @@ void DatagramForwarder::OnListenerReadable(DatagramListener* listener) {
     for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {
       const msghdr& h = in_msgs_[i].msg_hdr;
       SessionKey key;
-      bool usable = !(h.msg_flags & MSG_TRUNC) && MakeKey(listener, in_[i].name, &key);
+      alignas(cmsghdr) unsigned char pktinfo[sizeof(Session::pktinfo)];
+      size_t pktinfo_len = listener->wildcard ? ReplyPktinfo(h, pktinfo, sizeof pktinfo) : 0;
+      bool usable = !(h.msg_flags & MSG_TRUNC) && MakeKey(listener, in_[i].name, pktinfo, pktinfo_len, &key);
       if (run != nullptr && usable && key == run->key) continue;  // the run goes on
       if (run != nullptr) SendRun(run, run_start, i - run_start);
       run = nullptr;
       // Truncation cannot happen with 64 KiB buffers; a part is never forwarded.
-      Session* s = usable ? FindOrOpen(listener, key, in_[i].name, h.msg_namelen, h) : nullptr;
+      Session* s = usable ? FindOrOpen(listener, key, in_[i].name, h.msg_namelen, pktinfo, pktinfo_len) : nullptr;
       if (s == nullptr) {
         Count(kUdpDropped, 1);
         continue;
@@ -217,7 +252,9 @@ void DatagramForwarder::SendRun(Session* s, unsigned first, unsigned count) {
   while (sent < count) {
     int n = sendmmsg(s->fd, send_msgs_.data() + sent, count - sent, MSG_DONTWAIT);
     if (n > 0) {
-      for (int i = 0; i < n; ++i) Count(kUdpBytesToUpstream, send_msgs_[sent + i].msg_len);
+      int64_t bytes = 0;
+      for (int i = 0; i < n; ++i) bytes += send_msgs_[sent + i].msg_len;
+      Count(kUdpBytesToUpstream, bytes);  // once per call: the counters are shared by every worker
       Count(kUdpDatagramsToUpstream, n);
       sent += static_cast<unsigned>(n);
       continue;
@@ -242,16 +279,22 @@ void DatagramForwarder::SendRun(Session* s, unsigned first, unsigned count) {
 // Finds the client's session, or opens one: a UDP socket connected to the
 // first target address that takes it.
 Session* DatagramForwarder::FindOrOpen(DatagramListener* listener, const SessionKey& key,
-                                       const sockaddr_storage& client, socklen_t client_len, const msghdr& received) {
+                                       const sockaddr_storage& client, socklen_t client_len,
+                                       const unsigned char* pktinfo, size_t pktinfo_len) {
   auto found = sessions_.find(key);
   if (found != sessions_.end()) return found->second;
   if (!MakeRoom()) return nullptr;
   auto targets = owner_->targets();
   int fd = -1;
+  int err = EDESTADDRREQ;  // no address to try
   for (const Endpoint& target : *targets) {
     fd = socket(target.addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) break;
+    if (fd < 0) {
+      err = errno;
+      break;
+    }
     if (connect(fd, reinterpret_cast<const sockaddr*>(&target.addr), target.len) == 0) break;
+    err = errno;
     CloseFd(fd);
     fd = -1;
   }
@@ -260,16 +303,24 @@ Session* DatagramForwarder::FindOrOpen(DatagramListener* listener, const Session
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.ptr = session.get();
-  if (fd < 0 || epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+  if (fd >= 0 && epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    err = errno;
     CloseFd(fd);
+    fd = -1;
+  }
+  if (fd < 0) {
     owner_->counters_[kUdpSessions].fetch_sub(1, std::memory_order_relaxed);
+    // Every client of a dead target fails alike: once a second, with a count.
+    Warn("Failed to open a UDP session to " +
+         (targets->empty() ? std::string("the target: no address") : targets->front().text) + ": " + ErrnoText(err));
     return nullptr;
   }
   Session* s = session.release();
   s->key = key;
   std::memcpy(&s->client, &client, client_len);
   s->client_len = client_len;
-  if (listener->wildcard) s->pktinfo_len = ReplyPktinfo(received, s->pktinfo, sizeof s->pktinfo);
+  std::memcpy(s->pktinfo, pktinfo, pktinfo_len);
+  s->pktinfo_len = pktinfo_len;
   s->last_active = now_;
   s->lru.AppendTo(&lru_);
   sessions_.emplace(key, s);
@@ -296,9 +347,11 @@ bool DatagramForwarder::MakeRoom() {
   }
 }
 
+// Strict least-recently-active order (eviction picks the head): a session
+// used again moves to the back, also within one clock tick.
 void DatagramForwarder::Touch(Session* s) {
-  if (s->last_active == now_) return;
   s->last_active = now_;
+  if (s->lru.next == &lru_) return;  // already the most recent
   s->lru.Unlink();
   s->lru.AppendTo(&lru_);
 }
@@ -376,21 +429,43 @@ void DatagramForwarder::FlushListener(DatagramListener* listener) {
   Outbox& out = outboxes_[listener];
   unsigned sent = 0;
   while (sent < out.pending) {
-    int n = -1;
-    if (listener->registered) n = sendmmsg(listener->fd, out.msgs.data() + sent, out.pending - sent, MSG_DONTWAIT);
+    if (!listener->registered) {  // stopped: the socket is going away
+      Count(kUdpDropped, out.pending - sent);
+      break;
+    }
+    int n = sendmmsg(listener->fd, out.msgs.data() + sent, out.pending - sent, MSG_DONTWAIT);
     if (n > 0) {
-      for (int i = 0; i < n; ++i) Count(kUdpBytesToClient, out.msgs[sent + i].msg_len);
+      int64_t bytes = 0;
+      for (int i = 0; i < n; ++i) bytes += out.msgs[sent + i].msg_len;
+      Count(kUdpBytesToClient, bytes);
       Count(kUdpDatagramsToClient, n);
       sent += static_cast<unsigned>(n);
       continue;
     }
     if (n < 0 && IsInterrupted(errno)) continue;
+    if (n < 0 && LeaveSourceToKernel(out.msgs[sent].msg_hdr)) continue;
     // A full socket buffer (or a client address the kernel refuses): this
     // reply is dropped, the rest still go.
     Count(kUdpDropped, 1);
     ++sent;
   }
   out.pending = 0;
+}
+
+// A reply refused for its source address (the client sent to a subnet
+// broadcast address, which no datagram may come from): true if it now names
+// no source, so that the kernel picks one, and may be sent again.
+bool DatagramForwarder::LeaveSourceToKernel(msghdr& reply) {
+  if (errno != EINVAL && errno != ENETUNREACH && errno != EADDRNOTAVAIL) return false;
+  if (reply.msg_control == nullptr) return false;
+  cmsghdr* cm = CMSG_FIRSTHDR(&reply);
+  if (cm == nullptr || cm->cmsg_level != IPPROTO_IP || cm->cmsg_type != IP_PKTINFO) return false;
+  in_pktinfo info;
+  std::memcpy(&info, CMSG_DATA(cm), sizeof info);
+  if (info.ipi_spec_dst.s_addr == htonl(INADDR_ANY)) return false;  // tried already
+  info.ipi_spec_dst.s_addr = htonl(INADDR_ANY);
+  std::memcpy(CMSG_DATA(cm), &info, sizeof info);
+  return true;
 }
 
 void DatagramForwarder::Expire(int64_t now) {

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "connection.h"
+#include "forwarder.h"
 #include "list.h"
 
 namespace proxyd {
@@ -37,10 +38,13 @@ struct DatagramListener : Watch {
 };
 
 // A client as sessions are keyed: family, port, address (and IPv6 scope),
-// packed into fixed bytes, so a lookup allocates nothing.
+// then, on a wildcard socket, the local address its datagram reached (the
+// reply's source), packed into fixed bytes, so a lookup allocates nothing.
+// One client sending to two addresses of the host is two sessions, each
+// answered from its own address.
 struct SessionKey {
   const DatagramListener* listener = nullptr;
-  unsigned char bytes[24] = {};
+  unsigned char bytes[24 + sizeof(in6_pktinfo)] = {};
   bool operator==(const SessionKey& o) const;
 };
 
@@ -109,13 +113,16 @@ class DatagramForwarder {
   static void MakeSlots(std::vector<Slot>* slots, std::vector<mmsghdr>* msgs);
 
   Session* FindOrOpen(DatagramListener* listener, const SessionKey& key, const sockaddr_storage& client,
-                      socklen_t client_len, const msghdr& received);
+                      socklen_t client_len, const unsigned char* pktinfo, size_t pktinfo_len);
   bool MakeRoom();
   void Touch(Session* s);
   void CloseSession(Session* s);
   void SendRun(Session* s, unsigned first, unsigned count);
   void FlushListener(DatagramListener* listener);
+  static bool LeaveSourceToKernel(msghdr& reply);
   void Count(Counter counter, int64_t n);
+  // A warning that every datagram would repeat: at most once a second.
+  void Warn(std::string message);
 
   Forwarder* owner_;
   int epoll_fd_;
@@ -124,6 +131,7 @@ class DatagramForwarder {
   std::unordered_map<SessionKey, Session*, SessionKeyHash> sessions_;
   Link<Session> lru_;
   std::vector<Session*> graveyard_;
+  LogThrottle error_log_;
 
   // Client -> upstream: received from a listener into these, and sent on from
   // them (send_msgs_ points at the same buffers).

@@ -151,7 +151,7 @@ void Engine::Init(Napi::Env env, Napi::Object exports) {
 // new Engine({listeners, targets, maxConnections?, workers?, connectTimeoutMs?,
 //             pipeSize?, logLevel?, proxyProtocol? (0 none, 1, 2), connectRetryMs?,
 //             idleTimeoutMs?, keepaliveIdle?, keepaliveInterval?, keepaliveCount?
-//             (keepalive spans in seconds; idle 0: off), accessLog?,
+//             (keepalive spans in seconds; idle 0: off), userTimeoutMs?, accessLog?,
 //             datagramListeners? (bound UDP socket fds, owned from now on),
 //             udpTimeoutMs?, udpSessionsMax?})
 Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
@@ -172,7 +172,7 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
   double max_connections = config.max_connections, workers = config.workers,
          timeout = config.connect_timeout_ms, pipe_size = static_cast<double>(config.pipe_size),
          log_level = config.log_level, proxy_protocol = 0, retry = 0, idle_timeout = 0, keepalive_idle = 0,
-         keepalive_interval = 1, keepalive_count = 1, udp_timeout = config.udp_timeout_ms,
+         keepalive_interval = 1, keepalive_count = 1, user_timeout = 0, udp_timeout = config.udp_timeout_ms,
          udp_sessions_max = config.udp_sessions_max;
   // Keepalive spans as the kernel takes them: TCP_KEEPIDLE and TCP_KEEPINTVL
   // up to 32767 s, TCP_KEEPCNT up to 127.
@@ -186,11 +186,13 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
       !ReadInt(options, "keepaliveIdle", 0, 32767, &keepalive_idle) ||
       !ReadInt(options, "keepaliveInterval", 1, 32767, &keepalive_interval) ||
       !ReadInt(options, "keepaliveCount", 1, 127, &keepalive_count) ||
+      !ReadInt(options, "userTimeoutMs", 0, 2147483647.0, &user_timeout) ||
       !ReadInt(options, "udpTimeoutMs", 1, 2147483647.0, &udp_timeout) ||
       !ReadInt(options, "udpSessionsMax", 1, 4294967295.0, &udp_sessions_max)) {
     return;
   }
   config.udp_timeout_ms = static_cast<int>(udp_timeout);
+  config.user_timeout_ms = static_cast<int>(user_timeout);
   config.udp_sessions_max = static_cast<uint32_t>(udp_sessions_max);
   config.proxy_protocol = static_cast<ProxyProtocol>(static_cast<int>(proxy_protocol));
   config.connect_retry_ms = static_cast<int>(retry);
@@ -227,7 +229,7 @@ void Engine::Shutdown() {
   if (closed_) return;
   closed_ = true;
   if (forwarder_) forwarder_->Stop();  // joins the workers: nothing calls back after this
-  if (started_) events_.Release();
+  if (started_ && !events_finalized_->load()) events_.Release();
 }
 
 void Engine::OnActivityChanged() {
@@ -257,7 +259,9 @@ Napi::Value Engine::Start(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   // Unlimited queue: a worker never blocks on the JS thread.
-  events_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "socket-proxyd", 0, 1);
+  std::shared_ptr<std::atomic<bool>> finalized = events_finalized_;
+  events_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "socket-proxyd", 0, 1,
+                                          [finalized](Napi::Env) { finalized->store(true); });
   started_ = true;
   int error_number = 0;
   std::string error = forwarder_->Start(&error_number);

@@ -43,6 +43,11 @@ class Engine : public Napi::ObjectWrap<Engine>, public EventSink {
   std::atomic<uint64_t>* counters_ = nullptr;
   std::unique_ptr<Forwarder> forwarder_;
   Napi::ThreadSafeFunction events_;
+  // Set by the threadsafe function's own finalizer. At environment teardown
+  // (Node 24) that finalizer's close path can finalize this Engine; releasing
+  // the function from there would wait on the lock its closer holds. Shared,
+  // because the finalizer may also run after this Engine is gone.
+  std::shared_ptr<std::atomic<bool>> events_finalized_ = std::make_shared<std::atomic<bool>>(false);
   bool started_ = false;
   bool closed_ = false;
 };

@@ -10,6 +10,17 @@
 
 namespace proxyd {
 
+bool LogThrottle::Admit(int64_t now, std::string* message) {
+  if (last != 0 && now - last < 1000) {
+    ++suppressed;
+    return false;
+  }
+  if (suppressed != 0) *message += " (" + std::to_string(suppressed) + " more since the last message)";
+  last = now;
+  suppressed = 0;
+  return true;
+}
+
 Forwarder::Forwarder(ForwarderConfig config, std::atomic<uint64_t>* counters, EventSink* sink)
     : config_(std::move(config)),
       counters_(counters),

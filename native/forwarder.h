@@ -102,9 +102,21 @@ struct ForwarderConfig {
   // A connection with no byte moved for this long is reset (0: never).
   int idle_timeout_ms = 0;
   Keepalive keepalive;  // on the TCP sockets of every connection (idle 0: off)
+  int user_timeout_ms = 0;  // TCP_USER_TIMEOUT on them (0: the kernel's default)
   bool access_log = false;
   int udp_timeout_ms = 30000;
   uint32_t udp_sessions_max = 4096;
+};
+
+// Lets a failure that repeats for every client be logged once a second, with
+// a count of the ones left unsaid.
+struct LogThrottle {
+  int64_t last = 0;
+  uint64_t suppressed = 0;
+
+  // False if this occurrence should stay quiet; otherwise appends the count of
+  // suppressed ones to `message`.
+  bool Admit(int64_t now, std::string* message);
 };
 
 class Worker;

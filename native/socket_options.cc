@@ -4,6 +4,8 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include "forwarder.h"
+
 namespace proxyd {
 namespace {
 
@@ -23,9 +25,16 @@ bool SetKeepalive(int fd, const Keepalive& k, const char** what) {
   return SetInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, k.idle_s, "setsockopt(TCP_KEEPIDLE)", what) &&
          SetInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, k.interval_s, "setsockopt(TCP_KEEPINTVL)", what) &&
          SetInt(fd, IPPROTO_TCP, TCP_KEEPCNT, k.count, "setsockopt(TCP_KEEPCNT)", what) &&
-         SetInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, k.user_timeout_ms(), "setsockopt(TCP_USER_TIMEOUT)",
-                what) &&
          SetInt(fd, SOL_SOCKET, SO_KEEPALIVE, 1, "setsockopt(SO_KEEPALIVE)", what);
+}
+
+bool SetUserTimeout(int fd, int ms, const char** what) {
+  return SetInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, ms, "setsockopt(TCP_USER_TIMEOUT)", what);
+}
+
+bool SetTcpOptions(int fd, const ForwarderConfig& config, const char** what) {
+  return SetNoDelay(fd, what) && (!config.keepalive.enabled() || SetKeepalive(fd, config.keepalive, what)) &&
+         (config.user_timeout_ms == 0 || SetUserTimeout(fd, config.user_timeout_ms, what));
 }
 
 }  // namespace proxyd

@@ -1,12 +1,9 @@
-// Options set on each connection's sockets: TCP_NODELAY (small messages are
-// forwarded as they come, not held back), and TCP keepalive with a user
-// timeout, so that a peer that vanished (a suspended laptop, a pulled cable)
-// ends its connection instead of holding it, and its upstream, forever.
+// Options set on each connection's TCP sockets: TCP_NODELAY (small messages
+// are forwarded as they come, not held back); TCP keepalive, so that a peer
+// that vanished (a suspended laptop, a pulled cable) ends its connection
+// instead of holding it, and its upstream, forever; and TCP_USER_TIMEOUT, so
+// that data left unacknowledged ends it too.
 #pragma once
-
-#include <algorithm>
-#include <climits>
-#include <cstdint>
 
 namespace proxyd {
 
@@ -15,17 +12,18 @@ struct Keepalive {
   int interval_s = 0;  // TCP_KEEPINTVL
   int count = 0;       // TCP_KEEPCNT
   bool enabled() const { return idle_s > 0; }
-  // TCP_USER_TIMEOUT: unacknowledged data gives up after the same span as
-  // unanswered probes, so a dead peer is found whether or not bytes are queued
-  // (at most INT_MAX ms, what the kernel takes: about 24.8 days).
-  int user_timeout_ms() const {
-    int64_t ms = (int64_t{idle_s} + int64_t{interval_s} * count) * 1000;
-    return static_cast<int>(std::min<int64_t>(ms, INT_MAX));
-  }
 };
 
 // False with errno set (and *what naming the option) if a setsockopt failed.
 bool SetNoDelay(int fd, const char** what);
 bool SetKeepalive(int fd, const Keepalive& keepalive, const char** what);
+// Sent data unacknowledged for `ms` ends the connection (ETIMEDOUT). Linux
+// counts a peer that keeps its receive window shut (a reader that paused) the
+// same way, so this is a separate option, not part of keepalive.
+bool SetUserTimeout(int fd, int ms, const char** what);
+
+struct ForwarderConfig;
+// What the configuration asks for on a TCP socket of a connection.
+bool SetTcpOptions(int fd, const ForwarderConfig& config, const char** what);
 
 }  // namespace proxyd

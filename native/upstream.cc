@@ -39,8 +39,7 @@ void Worker::ConnectNext(Connection* c, int last_error) {
       continue;
     }
     const char* what = "";
-    if (IsInet(target.addr.ss_family) &&
-        (!SetNoDelay(fd, &what) || (config.keepalive.enabled() && !SetKeepalive(fd, config.keepalive, &what)))) {
+    if (IsInet(target.addr.ss_family) && !SetTcpOptions(fd, config, &what)) {
       last_error = errno;
       CloseFd(fd);
       continue;
@@ -94,7 +93,14 @@ bool Worker::WaitForResources(Connection* c, int err) {
 // first client to wait says so, once for the whole episode.
 bool Worker::RetryLater(Connection* c, int err) {
   int64_t now = NowMs();
-  if (owner_->config_.connect_retry_ms == 0 || now >= c->retry_until) return false;
+  if (owner_->config_.connect_retry_ms == 0) return false;
+  // It reset before its first wait (the report came while connecting): it
+  // has given up already, and waiting would only hold its place.
+  if (c->client.failed) {
+    Close(c, CloseHow::kReset, EndCause::kClientReset);
+    return true;
+  }
+  if (now >= c->retry_until) return false;
   if (c->retry_backoff_ms == 0) {
     c->retry_backoff_ms = kFirstRetryMs;
     owner_->Count(kRetriedConnects, 1);
@@ -131,7 +137,9 @@ void Worker::OnConnectResult(Connection* c, uint32_t events) {
 }
 
 void Worker::OnConnected(Connection* c, uint32_t events) {
-  if (c->retry_backoff_ms != 0 && owner_->upstream_waiting_.exchange(false)) {
+  // Any connect ends an episode of refusals, whether or not this client waited
+  // (those that did may all have given up): the next refusal says so again.
+  if (owner_->upstream_waiting_.load(std::memory_order_relaxed) && owner_->upstream_waiting_.exchange(false)) {
     Log(kLogInfo, "Upstream " + (*c->targets)[c->next_target - 1].text + " accepts connections now.");
   }
   c->connected = true;

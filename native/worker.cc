@@ -23,17 +23,6 @@ constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | 
 
 }  // namespace
 
-bool LogThrottle::Admit(int64_t now, std::string* message) {
-  if (last != 0 && now - last < 1000) {
-    ++suppressed;
-    return false;
-  }
-  if (suppressed != 0) *message += " (" + std::to_string(suppressed) + " more since the last message)";
-  last = now;
-  suppressed = 0;
-  return true;
-}
-
 // ---------------------------------------------------------------------------
 // Lifecycle
 
@@ -401,9 +390,7 @@ void Worker::OnListenerReadable(ListenerWatch* listener) {
 bool Worker::PrepareClient(Connection* c, const sockaddr_storage& peer, socklen_t peer_len) {
   const ForwarderConfig& config = owner_->config_;
   const char* what = "";
-  if (IsInet(peer.ss_family) &&
-      (!SetNoDelay(c->client.fd, &what) ||
-       (config.keepalive.enabled() && !SetKeepalive(c->client.fd, config.keepalive, &what)))) {
+  if (IsInet(peer.ss_family) && !SetTcpOptions(c->client.fd, config, &what)) {
     Fail(c, ShovelFailure{what, &c->client, errno});
     return false;
   }
@@ -476,6 +463,15 @@ void Worker::Pump(Connection* c) {
     if (results[i] == ShovelResult::kFailed) return Fail(c, shovel_.failure());
   }
   if (moved > 0 && c->idle.linked()) Touch(c);
+  // A side that failed after its own stream had ended (a client that
+  // half-closed, then reset) is read no more, so the shovel never meets its
+  // error; a silent other peer would never learn. Pass it on now.
+  for (Side* side : {&c->client, &c->upstream}) {
+    if (side->failed && (side == &c->client ? c->to_upstream : c->to_client).done) {
+      int err = SocketError(side->fd);
+      return Fail(c, ShovelFailure{"error on", side, err != 0 ? err : ECONNRESET});
+    }
+  }
   if (c->to_upstream.done && c->to_client.done) {
     return Close(c, CloseHow::kEnd, c->ended_first == &c->client ? EndCause::kClientEnd : EndCause::kUpstreamEnd);
   }

@@ -27,17 +27,6 @@
 
 namespace proxyd {
 
-// Lets a failure that repeats for every client be logged once a second, with
-// a count of the ones left unsaid.
-struct LogThrottle {
-  int64_t last = 0;
-  uint64_t suppressed = 0;
-
-  // False if this occurrence should stay quiet; otherwise appends the count of
-  // suppressed ones to `message`.
-  bool Admit(int64_t now, std::string* message);
-};
-
 // A listening socket as one worker's epoll set sees it.
 struct ListenerWatch : Watch {
   int fd;

@@ -15,7 +15,8 @@ import { timerMs, type CliOptions } from './options';
 import { SocketProxy } from './proxy';
 import { EXIT_FAILURE, Shutdown } from './shutdown';
 import { StatusReporter } from './status';
-import { formatAddress } from './target';
+import type { MetricsServer } from './metrics-server';
+import { formatAddress, type Address } from './target';
 import { timespanToMs } from './timespan';
 import { startWatchdog } from './watchdog';
 
@@ -38,6 +39,20 @@ function createLogger(options: CliOptions, env: NodeJS.ProcessEnv): Logger {
   const logger = new Logger({ level: logLevelFrom(options, env, complaints), journal: stderrIsJournal(env) });
   complaints.forEach((c) => logger.warning(c));
   return logger;
+}
+
+/** Serves the metrics, loading the HTTP server and prom-client only now (cold start without --metrics pays nothing). */
+function startMetrics(address: Address, proxy: SocketProxy, logger: Logger): MetricsServer {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { serveMetrics } = require('./metrics-server') as typeof import('./metrics-server');
+  const server = serveMetrics(address, proxy, (error) => logger.warning(`Failed to collect the metrics: ${error.message}`));
+  proxy.metricsRegistry(); // prom-client loaded and the registry made before the first scrape
+  return server;
+}
+
+/** Where a scraper finds them: http://HOST:PORT/metrics, or the socket's path. */
+function metricsUrl(address: string): string {
+  return address.startsWith('/') || address.startsWith('@') ? `${address} (HTTP, /metrics)` : `http://${address}/metrics`;
 }
 
 function die(logger: Logger, message: string): never {
@@ -80,6 +95,7 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
   shutdown.installSignalHandlers();
 
   let proxy: SocketProxy;
+  let metrics: MetricsServer | null = null;
   try {
     // The addresses travel as options.ts parsed them.
     proxy = new SocketProxy({
@@ -95,24 +111,35 @@ export async function runDaemon(options: CliOptions, env: NodeJS.ProcessEnv = pr
       connectRetry: options.connectRetry,
       idleTimeout: options.idleTimeout,
       keepalive: options.keepalive,
+      userTimeout: options.userTimeout,
       udpTimeout: options.udpTimeout,
       udpSessionsMax: options.udpSessionsMax,
+      // Lines below the log level would be built on the workers for nothing.
+      accessLog: options.accessLog && logger.enabled(LogLevel.info),
     });
     shutdown.setProxy(proxy);
     proxy.on('log', (level, message) => logger.log(level, message));
+    // A batch is one write to stderr, however many lines it holds.
+    proxy.on('access', (lines) => logger.logLines(LogLevel.info, lines));
+    // Bound before the engine starts: a metrics address that cannot be bound starts nothing.
+    if (options.metrics) metrics = startMetrics(options.metrics, proxy, logger);
     await proxy.start();
   } catch (error) {
+    // A signal while starting closed the proxy, which failed start(): that exit (0) is under way.
+    if (shutdown.stopping) return new Promise<never>(() => {});
     die(logger, error instanceof Error ? error.message : String(error));
   }
 
   const target = formatAddress(proxy.target);
   logger.info(`Listening on ${[...labels, ...proxy.listening.slice(passed.length)].join(', ')}; forwarding to ${target}.`);
+  if (metrics) logger.info(`Serving metrics at ${metricsUrl(metrics.address)}.`);
 
   // READY=1 only now: every listener is armed.
   const status = new StatusReporter(notifier, proxy, target, options.maxConnections);
   status.ready();
   shutdown.setRunning(status);
   shutdown.onExit(() => status.stop());
+  if (metrics) shutdown.onExit(() => metrics?.close());
 
   const watchdog = startWatchdog(env, notifier, proxy, logger);
   if (watchdog) shutdown.onExit(() => watchdog.stop());

@@ -41,6 +41,7 @@ export const LIMITS = {
   resolveInterval: { min: 1, max: MAX_TIMER_MS },
   connectRetry: { min: 0, max: MAX_TIMER_MS },
   idleTimeout: { min: 0, max: MAX_TIMER_MS },
+  userTimeout: { min: 0, max: MAX_TIMER_MS },
   udpTimeout: { min: 1, max: MAX_TIMER_MS },
   udpSessionsMax: { min: 1, max: 2 ** 32 - 1 },
 } as const;

@@ -1,8 +1,8 @@
 // TCP keepalive settings (--keepalive, SocketProxyOptions.keepalive): spans in
 // ms as the user gives them, whole seconds as the kernel takes them, and the
-// defaults for what is left out. The engine also sets TCP_USER_TIMEOUT to
-// IDLE + INTERVAL × COUNT, so unacknowledged data ends a dead connection in
-// the same span as unanswered probes.
+// defaults for what is left out. (TCP_USER_TIMEOUT is a separate option,
+// --user-timeout: Linux also applies it to a peer whose receive window stays
+// shut, so tying it to keepalive would cut readers that merely paused.)
 
 export interface KeepaliveOptions {
   /** Time without traffic before the first probe, in ms (rounded up to whole seconds). */

@@ -71,6 +71,15 @@ export class Logger {
     this.write(this.journal ? `<${level}>${text}\n` : `${text}\n`);
   }
 
+  /** Several lines at one level, in one write. */
+  logLines(level: number, messages: string[]): void {
+    if (!this.enabled(level) || messages.length === 0) return;
+    const prefix = this.journal ? `<${level}>` : '';
+    let text = '';
+    for (const m of messages) text += `${prefix}${m.replace(/\n/g, ' ')}\n`;
+    this.write(text);
+  }
+
   error(message: string): void {
     this.log(LogLevel.error, message);
   }

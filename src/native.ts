@@ -2,6 +2,7 @@
 // a specific build (the sanitizer build in CI); otherwise node-gyp-build picks
 // build/Release or the matching prebuild.
 import path from 'node:path';
+import type { ProxyStats } from './proxy';
 
 /** A numeric address ({host, port}) or a UNIX socket path ("@name" is abstract). */
 export type NativeEndpoint = { host: string; port: number } | { path: string };
@@ -26,6 +27,8 @@ export interface EngineOptions {
   keepaliveIdle?: number;
   keepaliveInterval?: number;
   keepaliveCount?: number;
+  /** TCP_USER_TIMEOUT on both TCP sockets, in ms (0: the kernel's default). */
+  userTimeoutMs?: number;
   /** Send access log batches (EngineEvent.AccessLog). */
   accessLog?: boolean;
   /** Bound UDP sockets to forward datagrams from; the engine owns them from now on. */
@@ -71,51 +74,13 @@ export interface FdInfo {
 
 export interface Addon {
   Engine: new (options: EngineOptions) => NativeEngine;
-  COUNTERS: {
-    active: number;
-    accepted: number;
-    refused: number;
-    upstreamFailed: number;
-    bytesToUpstream: number;
-    bytesToClient: number;
-    pipesInUse: number;
-    pipesPooled: number;
-    /** Times the active count left 0; bumped before the activity event is queued. */
-    busyPeriods: number;
-    /** Reads that went through the copy path (recv + send). */
-    copyReads: number;
-    /** Reads that went through a pipe with splice. */
-    spliceReads: number;
-    /** Connections reset by the idle timeout. */
-    idleTimeouts: number;
-    /** Clients that waited for a refusing upstream (connect retry). */
-    retriedConnects: number;
-    /** upstreamFailed by cause (the rest: other causes). */
-    upstreamRefused: number;
-    upstreamTimeout: number;
-    upstreamUnreachable: number;
-    upstreamNoAddress: number;
-    /** Connections closed, by cause (with idleTimeouts and upstreamFailed: every accepted connection once). */
-    closedClientEnd: number;
-    closedUpstreamEnd: number;
-    closedClientReset: number;
-    closedUpstreamReset: number;
-    closedError: number;
-    closedDrain: number;
-    udpSessions: number;
-    udpSessionsOpened: number;
-    udpSessionsExpired: number;
-    udpSessionsEvicted: number;
-    udpDatagramsToUpstream: number;
-    udpDatagramsToClient: number;
-    udpBytesToUpstream: number;
-    udpBytesToClient: number;
-    udpDropped: number;
-    udpUpstreamRefused: number;
-    /** Connections and UDP sessions open: what busy/idle follow. */
-    open: number;
-    firstWorkerPing: number;
-  };
+  /**
+   * Slot of each counter in `counters`: every field of ProxyStats (documented there), plus the
+   * engine's own: busyPeriods (times `open` left 0; bumped before the activity event is queued),
+   * open (connections and UDP sessions open: what busy/idle follow), firstWorkerPing (where the
+   * workers' watchdog answers begin, after the counters and the histograms).
+   */
+  COUNTERS: Record<keyof ProxyStats | 'busyPeriods' | 'open' | 'firstWorkerPing', number>;
   /**
    * Latency histograms in `counters`: from `first`, one slot per bucket (bounds.length + 1, the last
    * +Inf; not cumulative), then the count, then the sum in microseconds. Bounds in seconds.

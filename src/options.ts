@@ -43,10 +43,16 @@ export interface CliOptions {
   idleTimeout: number;
   /** --keepalive, if given (spans in ms). */
   keepalive?: KeepaliveOptions;
+  /** --user-timeout, in ms (0: the kernel's default). */
+  userTimeout: number;
   /** --udp-timeout, in ms. */
   udpTimeout: number;
   /** --udp-sessions-max. */
   udpSessionsMax: number;
+  /** --metrics: where to serve Prometheus metrics, if given. */
+  metrics?: Address;
+  /** --access-log: a line per finished connection. */
+  accessLog: boolean;
 }
 
 export type ParsedCommandLine = { action: 'help' } | { action: 'version' } | { action: 'run'; options: CliOptions };
@@ -96,8 +102,11 @@ const OPTIONS: OptionSpec[] = [
   { long: 'connect-retry', hasArg: true, extension: true },
   { long: 'idle-timeout', hasArg: true, extension: true },
   { long: 'keepalive', hasArg: true, extension: true },
+  { long: 'user-timeout', hasArg: true, extension: true },
   { long: 'udp-timeout', hasArg: true, extension: true },
   { long: 'udp-sessions-max', hasArg: true, extension: true },
+  { long: 'metrics', hasArg: true, extension: true },
+  { long: 'access-log', hasArg: false, extension: true },
 ];
 
 export function helpText(): string {
@@ -149,12 +158,21 @@ Extensions (not in systemd-socket-proxyd):
      --keepalive=IDLE[,INTERVAL[,COUNT]]
                           TCP keepalive on both TCP sockets: first probe after
                           IDLE, then every INTERVAL (default IDLE/4, 1s-${MAX_DEFAULT_KEEPALIVE_INTERVAL_S}s),
-                          dropped after COUNT unanswered (default ${DEFAULT_KEEPALIVE_COUNT}); also
-                          TCP_USER_TIMEOUT=IDLE+INTERVAL*COUNT
+                          dropped after COUNT unanswered (default ${DEFAULT_KEEPALIVE_COUNT})
+     --user-timeout=SPAN  TCP_USER_TIMEOUT on both TCP sockets: end a
+                          connection whose sent data stays unacknowledged
+                          for SPAN, also a peer that stops reading that long
+                          (default: the kernel's, about 15 minutes)
      --udp-timeout=SPAN   End a UDP session after SPAN without a datagram
                           either way (default ${DEFAULT_UDP_TIMEOUT_MS / 1000}s)
      --udp-sessions-max=N UDP sessions (client addresses) at once; past it the
                           least recently active one is evicted (default ${DEFAULT_UDP_SESSIONS_MAX})
+     --metrics=ADDRESS    Serve Prometheus metrics over HTTP at /metrics on
+                          ADDRESS (HOST:PORT, [IPv6]:PORT, /path or @name)
+     --access-log         Log a line per finished connection (info level):
+                          client, local and upstream addresses, bytes each
+                          way, connect time, duration and how it ended; at
+                          most 1000 lines a second per forwarding thread
 
 Listening sockets come from systemd socket activation ($LISTEN_FDS, see
 sd_listen_fds(3)); each must be a listening stream socket, or a bound UDP
@@ -291,8 +309,10 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
     resolveInterval: DEFAULTS.resolveInterval,
     connectRetry: 0,
     idleTimeout: 0,
+    userTimeout: 0,
     udpTimeout: DEFAULT_UDP_TIMEOUT_MS,
     udpSessionsMax: DEFAULT_UDP_SESSIONS_MAX,
+    accessLog: false,
   };
 
   // Applies one option; returns an action for --help/--version.
@@ -354,6 +374,19 @@ export function parseCommandLine(argv: string[]): ParsedCommandLine {
         return null;
       case 'keepalive':
         o.keepalive = parseKeepalive(value);
+        return null;
+      case 'metrics':
+        try {
+          o.metrics = parseAddress(value, undefined, true);
+        } catch (error) {
+          throw new UsageError(`Failed to parse --metrics= argument: ${(error as Error).message}`);
+        }
+        return null;
+      case 'access-log':
+        o.accessLog = true;
+        return null;
+      case 'user-timeout':
+        o.userTimeout = spanMs(spec.long, value, { infinityIsOff: true });
         return null;
       case 'udp-timeout':
         if (parseSpan(spec.long, value) === USEC_INFINITY) throw new UsageError(`--udp-timeout= must be finite: ${value}`);

@@ -13,6 +13,8 @@ import {
 } from './errors';
 import { keepaliveSeconds, type KeepaliveOptions, type KeepaliveSeconds } from './keepalive';
 import { LogLevel } from './log';
+import type { Registry } from 'prom-client';
+import { processMetrics, promClient, proxyRegistry } from './metrics';
 import { addon, EngineEvent, type NativeEndpoint, type NativeEngine } from './native';
 import { longTimeout } from './timers';
 import {
@@ -64,8 +66,19 @@ export interface SocketProxyOptions {
   connectRetry?: number;
   /** Reset connections with no byte moved in either direction for this many ms. Default 0: never. */
   idleTimeout?: number;
-  /** TCP keepalive (and TCP_USER_TIMEOUT) on both TCP sockets of every connection. Default: off. */
+  /** TCP keepalive on both TCP sockets of every connection. Default: off. */
   keepalive?: KeepaliveOptions;
+  /**
+   * One line per finished connection (and per client refused at the limit), emitted as 'access'
+   * events in batches. Default false.
+   */
+  accessLog?: boolean;
+  /**
+   * TCP_USER_TIMEOUT on both TCP sockets, in ms: sent data unacknowledged this long ends the
+   * connection (also a peer that keeps its window shut: a reader paused that long). Default 0: the
+   * kernel's (about 15 minutes of retransmissions).
+   */
+  userTimeout?: number;
   /** A UDP session ends after this many ms without a datagram either way. Default 30000. */
   udpTimeout?: number;
   /** UDP sessions open at once; past it the least recently active one is evicted. Default 4096. */
@@ -95,6 +108,23 @@ export interface ProxyStats {
   idleTimeouts: number;
   /** Clients that waited for a refusing upstream (`connectRetry`). */
   retriedConnects: number;
+  /** `upstreamFailed` by the last failure's cause (the rest, up to `upstreamFailed`: other causes). */
+  upstreamRefused: number;
+  upstreamTimeout: number;
+  upstreamUnreachable: number;
+  /** The target name resolved to no address (yet). */
+  upstreamNoAddress: number;
+  /** Connections that ended cleanly both ways, the client's side first. */
+  closedClientEnd: number;
+  /** … the upstream's side first. */
+  closedUpstreamEnd: number;
+  /** Connections ended by a reset or error on the client's side (also while waiting for `connectRetry`). */
+  closedClientReset: number;
+  closedUpstreamReset: number;
+  /** Connections ended by a failure of the proxy's own. */
+  closedError: number;
+  /** Connections cut by close() (a drain that ran out, a stop). */
+  closedDrain: number;
   /** UDP sessions open now, and since start: opened, ended by `udpTimeout`, evicted at `udpSessionsMax`. */
   udpSessions: number;
   udpSessionsOpened: number;
@@ -112,12 +142,20 @@ export interface ProxyStats {
 
 const RESOLVE_RETRY_MS = 1000;
 
+/** Counter slots that are the engine's bookkeeping, not statistics. */
+const ENGINE_SLOTS = new Set(['busyPeriods', 'open', 'firstWorkerPing']);
+
 export interface SocketProxyEvents {
   /** The first connection opened (the active count left 0). */
   busy: [];
   /** The last connection closed (the active count returned to 0). */
   idle: [];
   log: [level: number, message: string];
+  /**
+   * With `accessLog`: the lines of connections that finished, one batch per event (a forwarding
+   * thread sends one at most every 100 ms, or sooner when it is large).
+   */
+  access: [lines: string[]];
 }
 
 export declare interface SocketProxy {
@@ -143,6 +181,8 @@ interface ProxyConfig {
   connectRetry: number;
   idleTimeout: number;
   keepalive: KeepaliveSeconds | null;
+  accessLog: boolean;
+  userTimeout: number;
   udpTimeout: number;
   udpSessionsMax: number;
 }
@@ -223,9 +263,17 @@ function checkOptions(options: SocketProxyOptions): ProxyConfig {
     connectRetry: integerOption(options, 'connectRetry', 0),
     idleTimeout: integerOption(options, 'idleTimeout', 0),
     keepalive: checkKeepalive(options.keepalive),
+    accessLog: checkBoolean(options.accessLog, 'options.accessLog'),
+    userTimeout: integerOption(options, 'userTimeout', 0),
     udpTimeout: integerOption(options, 'udpTimeout', DEFAULT_UDP_TIMEOUT_MS),
     udpSessionsMax: integerOption(options, 'udpSessionsMax', DEFAULT_UDP_SESSIONS_MAX),
   };
+}
+
+function checkBoolean(value: unknown, what: string): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== 'boolean') throw codedError(ERR_INVALID_ARG_TYPE, `${what} must be a boolean; got ${typeof value}`, TypeError);
+  return value;
 }
 
 function checkProxyProtocol(value: unknown): 0 | 1 | 2 {
@@ -279,6 +327,9 @@ export class SocketProxy extends EventEmitter {
   private resolveTimer: NodeJS.Timeout | null = null;
   private referenced = true;
   private pingSeq = 0;
+  /** Made on the first metrics()/metricsRegistry() call. */
+  private registry: Registry | null = null;
+  private metricsRegistries: Registry | null = null;
   /** Addresses the proxy listens on, as the kernel reports them (after start). */
   listening: string[] = [];
 
@@ -317,9 +368,23 @@ export class SocketProxy extends EventEmitter {
       }
       this.listening = this.pending.map((fd) => {
         const info = addon.inspectFd(fd);
-        (info.type === 'dgram' ? datagrams : streams).push(fd);
         const address = info.address ?? `fd ${fd}`;
-        return info.type === 'dgram' ? `udp:${address}` : address;
+        if (info.type !== 'dgram') {
+          streams.push(fd);
+          return address;
+        }
+        // The engine forwards UDP only, from a bound socket, to a HOST:PORT target.
+        if (info.family !== 'inet' && info.family !== 'inet6') {
+          throw codedError(ERR_INVALID_ARG_VALUE, `fd ${fd} is a ${info.family} datagram socket: only UDP is forwarded`, RangeError);
+        }
+        if (!info.address || /:0$/.test(info.address)) {
+          throw codedError(ERR_INVALID_ARG_VALUE, `fd ${fd} is a datagram socket that is not bound`, RangeError);
+        }
+        if (this.target.kind === 'unix') {
+          throw codedError(ERR_INVALID_ARG_VALUE, `datagrams are forwarded to a HOST:PORT target, not to ${this.target.path}`, RangeError);
+        }
+        datagrams.push(fd);
+        return `udp:${address}`;
       });
     } catch (error) {
       this.fail();
@@ -356,6 +421,8 @@ export class SocketProxy extends EventEmitter {
           keepaliveInterval: c.keepalive.interval,
           keepaliveCount: c.keepalive.count,
         }),
+        accessLog: c.accessLog,
+        userTimeoutMs: c.userTimeout,
         udpTimeoutMs: c.udpTimeout,
         udpSessionsMax: c.udpSessionsMax,
       });
@@ -380,35 +447,38 @@ export class SocketProxy extends EventEmitter {
     if (!isLiteral(this.target)) this.scheduleResolve(resolveError ? RESOLVE_RETRY_MS : c.resolveInterval);
   }
 
+  /**
+   * The proxy's metrics in the Prometheus text format (what `--metrics` serves): its own
+   * (socket_proxyd_*, read from native memory now) and prom-client's default process metrics.
+   * Loads prom-client on first use.
+   */
+  async metrics(): Promise<string> {
+    this.metricsRegistries ??= promClient().Registry.merge([this.metricsRegistry(), processMetrics()]);
+    return this.metricsRegistries.metrics();
+  }
+
+  /**
+   * A prom-client Registry holding only the proxy's own metrics (socket_proxyd_*), to merge with
+   * an application's registry (`Registry.merge`). Loads prom-client on first use.
+   */
+  metricsRegistry(): Registry {
+    this.registry ??= proxyRegistry({
+      counters: () => this.counters,
+      workers: () => this.config.workers,
+      maxConnections: () => this.config.maxConnections,
+    });
+    return this.registry;
+  }
+
   /** Live counters, read from native memory. */
   get stats(): ProxyStats {
+    // Every slot the engine counts, but its own bookkeeping: the names are ProxyStats's.
     const c = this.counters;
-    const K = addon.COUNTERS;
-    const read = (i: number) => (c ? Number(c[i]) : 0);
-    return {
-      active: read(K.active),
-      accepted: read(K.accepted),
-      refused: read(K.refused),
-      upstreamFailed: read(K.upstreamFailed),
-      bytesToUpstream: read(K.bytesToUpstream),
-      bytesToClient: read(K.bytesToClient),
-      pipesInUse: read(K.pipesInUse),
-      pipesPooled: read(K.pipesPooled),
-      copyReads: read(K.copyReads),
-      spliceReads: read(K.spliceReads),
-      idleTimeouts: read(K.idleTimeouts),
-      retriedConnects: read(K.retriedConnects),
-      udpSessions: read(K.udpSessions),
-      udpSessionsOpened: read(K.udpSessionsOpened),
-      udpSessionsExpired: read(K.udpSessionsExpired),
-      udpSessionsEvicted: read(K.udpSessionsEvicted),
-      udpDatagramsToUpstream: read(K.udpDatagramsToUpstream),
-      udpDatagramsToClient: read(K.udpDatagramsToClient),
-      udpBytesToUpstream: read(K.udpBytesToUpstream),
-      udpBytesToClient: read(K.udpBytesToClient),
-      udpDropped: read(K.udpDropped),
-      udpUpstreamRefused: read(K.udpUpstreamRefused),
-    };
+    const stats: Record<string, number> = {};
+    for (const [name, slot] of Object.entries(addon.COUNTERS)) {
+      if (!ENGINE_SLOTS.has(name)) stats[name] = c ? Number(c[slot]) : 0;
+    }
+    return stats as unknown as ProxyStats;
   }
 
   /** True if a socket it forwards from is a UDP socket (known once start() resolved). */
@@ -532,6 +602,7 @@ export class SocketProxy extends EventEmitter {
 
   private onEngineEvent(kind: EngineEvent, level: number, message: string): void {
     if (kind === EngineEvent.Activity) this.checkActivity();
+    else if (kind === EngineEvent.AccessLog) this.emit('access', message.split('\n'));
     else this.emit('log', level, message);
   }
 

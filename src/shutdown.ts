@@ -76,6 +76,7 @@ export class Shutdown {
     if (open === 0) {
       this.options.logger.info(`Exiting after ${idle} without connections.`);
       this.exit(EXIT_SUCCESS);
+      return;
     }
     // Connections that opened as the time ran out are served to their end,
     // with no limit: they were accepted, so they are not dropped.
@@ -93,10 +94,12 @@ export class Shutdown {
     if (!this.running || !proxy) {
       logger.info(`Received ${signal} while starting; exiting.`);
       this.exit(EXIT_SUCCESS);
+      return;
     }
     if (this.signalled) {
       logger.info(`Received ${signal} again; closing ${plural(proxy.active, 'connection')} and exiting now.`);
       this.exit(EXIT_SUCCESS);
+      return;
     }
     this.signalled = true;
     proxy.stopAccepting();
@@ -105,6 +108,7 @@ export class Shutdown {
     if (open === 0) {
       logger.info(`Received ${signal}; exiting.`);
       this.exit(EXIT_SUCCESS);
+      return;
     }
     const graceMs = timespanToMs(this.options.drainTimeout);
     logger.info(
@@ -136,13 +140,18 @@ export class Shutdown {
     });
   }
 
-  /** Stops the timers, closes the proxy (cutting open connections) and exits. */
-  exit(code: number): never {
-    if (!this.exiting) {
-      this.exiting = true;
-      for (const cleanup of this.cleanups) cleanup();
-      this.proxy?.close();
-    }
-    process.exit(code);
+  /**
+   * Stops the timers, closes the proxy (cutting open connections) and exits. The exit comes one
+   * event-loop turn later: close() joined the forwarding threads, and what they sent last (the
+   * access log lines of the connections just ended or cut, log lines) waits in the engine's event
+   * queue, which the loop's next poll delivers. Called again meanwhile (a second signal): exits now.
+   */
+  exit(code: number): void {
+    if (this.exiting) process.exit(code);
+    this.exiting = true;
+    for (const cleanup of this.cleanups) cleanup();
+    this.proxy?.close();
+    // Two turns: the first immediate may run before this turn's poll phase, the second cannot.
+    setImmediate(() => setImmediate(() => process.exit(code)));
   }
 }

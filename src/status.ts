@@ -26,6 +26,9 @@ export class StatusReporter {
     const parts = [`${s.active} of ${this.maxConnections} connections open`, `${s.accepted} served`];
     if (s.refused) parts.push(`${s.refused} refused at the limit`);
     if (s.upstreamFailed) parts.push(`${s.upstreamFailed} failed to connect`);
+    const resets = s.closedClientReset + s.closedUpstreamReset;
+    if (resets) parts.push(`${resets} reset`);
+    if (s.closedError) parts.push(plural(s.closedError, 'error'));
     if (s.idleTimeouts) parts.push(`${s.idleTimeouts} closed idle`);
     if (this.proxy.forwardsDatagrams) parts.push(plural(s.udpSessions, 'UDP session'));
     return `${this.stopping ? 'Stopping' : 'Forwarding'} to ${this.target}: ${parts.join(', ')}`;

@@ -136,6 +136,30 @@ const BAD = [
   [['--log-level=chatty', '127.0.0.1:80'], /^Failed to parse --log-level= argument: chatty$/, false],
   [['--workers=0', '127.0.0.1:80'], /--workers=.*0/, false],
   [['--workers=lots', '127.0.0.1:80'], /^Failed to parse --workers= argument: lots$/, false],
+  // Issue 9's options.
+  [['--proxy-protocol=v3', '127.0.0.1:80'], /^Failed to parse --proxy-protocol= argument.*: v3$/, false],
+  [['--proxy-protocol=V1', '127.0.0.1:80'], /^Failed to parse --proxy-protocol= argument.*: V1$/, false],
+  [['--proxy-protocol=', '127.0.0.1:80'], /^Failed to parse --proxy-protocol= argument/, false],
+  [['--connect-retry=soon', '127.0.0.1:80'], /^Failed to parse --connect-retry= argument: soon$/, false],
+  [['--connect-retry=-1s', '127.0.0.1:80'], /^Failed to parse --connect-retry= argument: -1s$/, false],
+  [['--connect-retry=infinity', '127.0.0.1:80'], /--connect-retry=.*infinity/, false],
+  [['--idle-timeout=x', '127.0.0.1:80'], /^Failed to parse --idle-timeout= argument: x$/, false],
+  [['--idle-timeout=5parsecs', '127.0.0.1:80'], /^Failed to parse --idle-timeout= argument: 5parsecs$/, false],
+  [['--user-timeout=soon', '127.0.0.1:80'], /^Failed to parse --user-timeout= argument: soon$/, false],
+  [['--udp-timeout=infinity', '127.0.0.1:80'], /--udp-timeout= must be finite: infinity/, false],
+  [['--udp-sessions-max=0', '127.0.0.1:80'], /--udp-sessions-max= must be at least 1: 0/, false],
+  [['--listen=udp:/run/x.sock', '127.0.0.1:80'], /^Failed to parse --listen= argument: a UDP address needs HOST:PORT/, false],
+  [['--keepalive=', '127.0.0.1:80'], /^Failed to parse --keepalive= argument/, false],
+  [['--keepalive=fast', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: fast$/, false],
+  [['--keepalive=0', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: 0$/, false],
+  [['--keepalive=infinity', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: infinity$/, false],
+  [['--keepalive=10s,0', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: 10s,0$/, false],
+  [['--keepalive=10s,1s,0', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: 10s,1s,0$/, false],
+  [['--keepalive=10s,1s,128', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: 10s,1s,128$/, false],
+  [['--keepalive=10s,1s,1.5', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: 10s,1s,1\.5$/, false],
+  [['--keepalive=40000s', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: 40000s$/, false],
+  [['--keepalive=10s,1s,2,3', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: 10s,1s,2,3$/, false],
+  [['--keepalive=10s,,3', '127.0.0.1:80'], /^Failed to parse --keepalive= argument.*: 10s,,3$/, false],
   // Targets that can never work.
   [['127.0.0.1:notaport'], /^Failed to parse target "127\.0\.0\.1:notaport"/, false],
   [['127.0.0.1:70000'], /^Failed to parse target "127\.0\.0\.1:70000"/, false],
@@ -223,6 +247,33 @@ test('[::1]:PORT and ::1:PORT are both accepted and forward to ::1', async () =>
         c.on('data', (d) => chunks.push(d));
         await within(once(c, 'end'), 10000, `no echo through ${target}`);
         assert.equal(Buffer.concat(chunks).toString(), 'over v6');
+      } finally {
+        await stopChild(s);
+      }
+    }
+  } finally {
+    await upstream.close();
+  }
+});
+
+test('issue 9\'s options take good values (both option forms, systemd.time spans) and the proxy forwards with them', async () => {
+  const upstream = await echoServer();
+  try {
+    for (const args of [
+      ['--idle-timeout=5min', '--keepalive=60s', '--connect-retry=500ms'],
+      ['--idle-timeout', 'infinity', '--keepalive', '2s,1s,2', '--connect-retry', '0'],
+      ['--idle-timeout=0', '--keepalive=1min 30s,10s', '--connect-retry=1h'],
+      ['--user-timeout=5min', '--udp-timeout=10s', '--udp-sessions-max=10'],
+    ]) {
+      const s = await startListening([...args, upstream.target]);
+      try {
+        const net = await import('node:net');
+        const c = net.connect({ port: s.port, host: '127.0.0.1' });
+        c.end('with options');
+        const chunks = [];
+        c.on('data', (d) => chunks.push(d));
+        await within(once(c, 'end'), 10000, `no echo with ${args.join(' ')}`);
+        assert.equal(Buffer.concat(chunks).toString(), 'with options', args.join(' '));
       } finally {
         await stopChild(s);
       }

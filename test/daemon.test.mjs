@@ -14,7 +14,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  ACTIVATE, CLI, REFERENCE, abstractEchoServer, abstractName, abstractRoundTrip, activate, activateProxy, closed,
+  ACTIVATE, CLI, REFERENCE, abstractEchoServer, activateSockets, abstractName, abstractRoundTrip, activate, activateProxy, closed,
   collect, connect, connectTo, echoServer, exchange, freePort, notifyReceiver, pattern, sha256, startServer, stop, waitFor, waitForPort, within,
 } from './helpers.mjs';
 import { burst, request, supervise } from './lifecycle-helpers.mjs';
@@ -181,6 +181,20 @@ const linesAfterExec = (text) => {
   assert.ok(i >= 0, `systemd-socket-activate did not exec: ${text}`);
   return all.slice(i + 1);
 };
+
+test('a passed datagram socket that is not UDP (AF_UNIX): one error line, exit 1 (the reference refuses it too)', async () => {
+  // A UDP socket is forwarded now (test/udp.test.mjs; the differential suite shows the reference
+  // refusing it); a UNIX datagram socket is not something to forward to an IP or stream target.
+  for (const program of [[process.execPath, CLI], [REFERENCE]]) {
+    const child = withLines(activateSockets([{ type: 'dgram', path: tmpPath('dgram.sock') }], program[0], [...program.slice(1), '127.0.0.1:9'], { env: baseEnv() }));
+    const r = await within(child.exited, 10000, 'did not exit');
+    assert.deepEqual(r, { code: 1, signal: null }, child.stderrText);
+    const out = child.lines();
+    assert.equal(out.length, 1, child.stderrText);
+    if (program[0] === process.execPath) assert.match(out[0], /^Passed in datagram socket is not a UDP socket: fd 3 is /);
+    else assert.match(out[0], /^Passed in socket is not a stream socket/);
+  }
+});
 
 test('a passed datagram socket: the reference refuses it (one error line, exit 1); ours forwards its datagrams', async () => {
   const upstream = dgram.createSocket('udp4');

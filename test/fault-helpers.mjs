@@ -65,7 +65,7 @@ const epolls = () => fs.readdirSync('/proc/self/fd').filter((fd) => {
 const before = new Set(epolls());
 const listeners = spec.listen.map((ep) => addon.bindListener(ep, spec.backlog ?? 128));
 const options = { listeners, targets: spec.targets, workers: spec.workers ?? 1, logLevel: spec.logLevel ?? 7 };
-for (const k of ['connectTimeoutMs', 'maxConnections', 'pipeSize', 'proxyProtocol', 'connectRetryMs', 'idleTimeoutMs']) if (spec[k] !== undefined) options[k] = spec[k];
+for (const k of ['connectTimeoutMs', 'maxConnections', 'pipeSize', 'proxyProtocol', 'connectRetryMs', 'idleTimeoutMs', 'keepaliveIdle', 'keepaliveInterval', 'keepaliveCount']) if (spec[k] !== undefined) options[k] = spec[k];
 const engine = new addon.Engine(options);
 engine.start((kind, level, message) => { if (kind === 1) send({ log: { level, message } }); });
 const K = addon.COUNTERS;
@@ -100,7 +100,7 @@ process.stdin.on('end', () => { engine.close(); process.exit(0); });
  * Runs a native Engine in a child node process (same addon: SOCKET_PROXYD_ADDON
  * is inherited). `spec`: {listen: [NativeEndpoint], targets, workers?, logLevel? (default 7),
  * connectTimeoutMs?, maxConnections?, pipeSize?, backlog?, proxyProtocol?, connectRetryMs?,
- * idleTimeoutMs?}.
+ * idleTimeoutMs?, keepaliveIdle?, keepaliveInterval?, keepaliveCount? (seconds)}.
  * Resolves {pid, child, epolls (the engine's epoll fds), listeners [{fd, address, file}],
  * logs [{level, message}], request(cmd), close()}.
  */
@@ -347,6 +347,19 @@ export async function freezeThread(pid, comm) {
 // ---------------------------------------------------------------------------
 // strace fault injection
 
+/** The thread ids of every forwarding thread (proxyd-wrk0, proxyd-wrk1, …) of `pid`. */
+export function workerThreadIds(pid) {
+  const tids = fs.readdirSync(`/proc/${pid}/task`).filter((t) => {
+    try {
+      return /^proxyd-wrk\d+$/.test(fs.readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim());
+    } catch {
+      return false;
+    }
+  }).map(Number);
+  assert.ok(tids.length > 0, `no proxyd-wrk thread in process ${pid}`);
+  return tids;
+}
+
 /**
  * Attaches strace to thread ids `tids` (not following new threads) with the
  * given -e options; resolves once attached. output() is what strace logged
@@ -554,37 +567,311 @@ export async function holdingEchoServer({ echoBuffer = 1 << 20 } = {}) {
 // A client that tells a reset from an end
 
 const READER_SCRIPT = `
-import errno, hashlib, json, socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-c.sendall(sys.argv[3].encode())
+import errno, hashlib, json, socket, sys, time
+host, port, text, half_close, ticks, tick_ms = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == '1', int(sys.argv[5]), int(sys.argv[6])
+c = socket.create_connection((host, port))
+t0 = time.monotonic()
+print(json.dumps({'connected': c.getsockname()[1]}), flush=True)
 h = hashlib.sha256()
 n = 0
 outcome = 'EOF'
+class Ended(Exception):
+    pass
 try:
-    while True:
-        d = c.recv(262144)
-        if not d:
-            break
-        n += len(d)
-        h.update(d)
+    c.sendall(text.encode())
+    if half_close:
+        c.shutdown(socket.SHUT_WR)
+    if ticks:
+        # Busy: one byte every tick_ms, each echoed before the next; then a close of our own.
+        want = len(text)
+        while n < want:
+            d = c.recv(262144)
+            if not d:
+                raise Ended()
+            n += len(d)
+            h.update(d)
+        for i in range(ticks):
+            time.sleep(tick_ms / 1000)
+            c.sendall(b'.')
+            want += 1
+            while n < want:
+                d = c.recv(262144)
+                if not d:
+                    raise Ended()
+                n += len(d)
+                h.update(d)
+        outcome = 'ALIVE'
+    else:
+        while True:
+            d = c.recv(262144)
+            if not d:
+                break
+            n += len(d)
+            h.update(d)
+except Ended:
+    outcome = 'EOF'
 except OSError as e:
     outcome = errno.errorcode.get(e.errno, str(e.errno))
-print(json.dumps({'outcome': outcome, 'bytes': n, 'sha256': h.hexdigest()}), flush=True)
+ms = (time.monotonic() - t0) * 1000
+print(json.dumps({'outcome': outcome, 'bytes': n, 'sha256': h.hexdigest(), 'ms': ms}), flush=True)
 `;
 
 /**
- * Connects to host:port with python3, sends `text`, reads until the end or an
- * error. Resolves {outcome: 'EOF' | 'ECONNRESET' | …, bytes, sha256}.
- * (A Node client cannot tell: libuv reports a reset that arrives while bytes
- * are still queued as a clean end, uv__stream_io's POLLHUP short cut.)
+ * Starts resetAwareClient's python3 client and returns at once: {child,
+ * connected (resolves the client's local port once connected), result
+ * (resolves like resetAwareClient)}. `wrapper` is an argv prefix (e.g. a
+ * network namespace's `ip netns exec NAME`).
  */
-export async function resetAwareClient(host, port, text) {
-  const child = spawnTool('python3', ['-c', READER_SCRIPT, host, String(port), text], { stdio: ['ignore', 'pipe', 'pipe'] }, 'apt-get install -y python3');
+export function resetAwareClientProcess(host, port, text, { halfClose = false, ticks = 0, tickMs = 200, wrapper = [], timeoutMs = 30_000 } = {}) {
+  const argv = [...wrapper, 'python3', '-c', READER_SCRIPT, host, String(port), text, halfClose ? '1' : '0', String(ticks), String(tickMs)];
+  const child = spawnTool(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }, 'apt-get install -y python3');
   let out = '';
   let err = '';
   child.stdout.on('data', (d) => (out += d));
   child.stderr.on('data', (d) => (err += d));
-  const { code } = await within(child.exited, 30_000, 'the python client did not finish');
-  assert.equal(code, 0, `python client failed: ${err}`);
+  const messages = () => out.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const connected = Promise.race([
+    waitFor(() => messages().find((m) => 'connected' in m), timeoutMs, 10),
+    child.exited.then(() => messages().find((m) => 'connected' in m)),
+  ]).then((m) => {
+    if (!m) throw new Error(`the python client did not connect to ${host}:${port}: ${err}`);
+    return m.connected;
+  });
+  connected.catch(() => {});
+  const result = within(child.exited, timeoutMs, 'the python client did not finish').then(({ code }) => {
+    assert.equal(code, 0, `python client failed: ${err}`);
+    return messages().find((m) => 'outcome' in m);
+  });
+  result.catch(() => {});
+  return { child, connected, result };
+}
+
+/**
+ * Connects to host:port with python3, sends `text`, reads until the end or an
+ * error. Resolves {outcome: 'EOF' | 'ECONNRESET' | …, bytes, sha256, ms (from
+ * connect to the end)}.
+ * (A Node client cannot tell: libuv reports a reset that arrives while bytes
+ * are still queued as a clean end, uv__stream_io's POLLHUP short cut.)
+ * Options: halfClose (shut down the sending side after `text`); ticks and
+ * tickMs (busy: after the echo of `text`, send one byte every tickMs, each
+ * echoed before the next, `ticks` times, then close: outcome 'ALIVE' when
+ * all went through); wrapper (argv prefix); timeoutMs.
+ */
+export async function resetAwareClient(host, port, text, options = {}) {
+  return resetAwareClientProcess(host, port, text, options).result;
+}
+
+// ---------------------------------------------------------------------------
+// An echo upstream that tells how each connection ended
+
+const OUTCOME_ECHO_SCRIPT = `
+import errno, json, select, socket, sys, threading, time
+host, half_open = sys.argv[1], sys.argv[2]  # '': never; '*': always; else a prefix of the first bytes
+srv = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((host, int(sys.argv[3])))
+srv.listen(128)
+lock = threading.Lock()
+def say(**m):
+    with lock:
+        print(json.dumps(m), flush=True)
+say(listening=srv.getsockname()[1])
+def serve(c, peer):
+    n = 0
+    first = b''
+    outcome = 'EOF'
+    try:
+        while True:
+            d = c.recv(262144)
+            if not d:
+                break
+            if len(first) < 64:
+                first = (first + d)[:64]
+            n += len(d)
+            c.sendall(d)
+            say(received=peer, first=first.decode('latin-1'), bytes=n)
+        if half_open == '*' or (half_open and first.startswith(half_open.encode())):
+            # The client's end came; ours is never sent: wait for a reset (POLLERR/POLLHUP).
+            p = select.poll()
+            p.register(c, select.POLLERR | select.POLLHUP)
+            while not p.poll(1000):
+                pass
+            err = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            outcome = errno.errorcode.get(err, str(err)) if err else 'HUP'
+        else:
+            c.shutdown(socket.SHUT_WR)
+    except OSError as e:
+        outcome = errno.errorcode.get(e.errno, str(e.errno))
+    say(closed=peer, first=first.decode('latin-1'), outcome=outcome, bytes=n, t=time.monotonic())
+    c.close()
+while True:
+    c, a = srv.accept()
+    say(accepted=a[1])
+    threading.Thread(target=serve, args=(c, a[1]), daemon=True).start()
+`;
+
+/**
+ * An echo upstream (python3, one thread per connection) that reports how each
+ * connection ended: 'EOF', 'ECONNRESET', … (Node cannot always tell a reset
+ * from an end, see resetAwareClient). With halfOpen it never ends its own
+ * side after the client's end (the connection stays half-closed until reset);
+ * halfOpen may be a string: only connections whose first bytes start with it.
+ * Listens on host:port (port 0: any; `wrapper` an argv prefix, e.g. `ip netns
+ * exec NAME`). Resolves {port, target, ended (list of {first (the first 64
+ * bytes it read), outcome, bytes}), received(first) (resolves once a
+ * connection whose first bytes start with `first` was read from),
+ * end(first, ms) (resolves that connection's end), close()}.
+ */
+export async function outcomeEchoServer({ host = '127.0.0.1', port = 0, halfOpen = false, wrapper = [] } = {}) {
+  const mode = halfOpen === true ? '*' : halfOpen || '';
+  const argv = [...wrapper, 'python3', '-c', OUTCOME_ECHO_SCRIPT, host, mode, String(port)];
+  const child = spawnTool(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }, 'apt-get install -y python3');
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const events = [];
+  onLines(child.stdout, (line) => events.push({ ...JSON.parse(line), at: Date.now() }));
+  const listening = await Promise.race([
+    waitFor(() => events.find((e) => 'listening' in e), 10_000, 10),
+    child.exited.then(() => null),
+  ]);
+  assert.ok(listening, `outcome echo server did not listen: ${stderr}`);
+  const find = async (key, first, ms) => {
+    const e = await Promise.race([
+      waitFor(() => events.find((x) => key in x && x.first.startsWith(first)), ms, 10),
+      child.exited.then(() => null),
+    ]);
+    assert.ok(e, `upstream: no ${key} event for a connection starting with ${JSON.stringify(first)} within ${ms} ms (${stderr})`);
+    return e;
+  };
+  return {
+    port: listening.listening,
+    target: `${host.includes(':') ? `[${host}]` : host}:${listening.listening}`,
+    events,
+    ended: () => events.filter((e) => 'closed' in e),
+    accepted: () => events.filter((e) => 'accepted' in e).length,
+    received: (first, ms = 15_000) => find('received', first, ms),
+    end: (first, ms = 15_000) => find('closed', first, ms),
+    close: () => reap(child, 2000),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Socket options of another process's sockets: python3 with pidfd_getfd(2)
+
+const SOCKOPTS_SCRIPT = `
+import ctypes, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+pid = int(sys.argv[1])
+pidfd = os.pidfd_open(pid)
+out = []
+for name in os.listdir('/proc/%d/fd' % pid):
+    try:
+        if not os.readlink('/proc/%d/fd/%s' % (pid, name)).startswith('socket:'):
+            continue
+    except OSError:
+        continue
+    fd = libc.syscall(ctypes.c_long(438), ctypes.c_long(pidfd), ctypes.c_long(int(name)), ctypes.c_long(0))
+    if fd < 0:
+        continue
+    s = socket.socket(fileno=fd)
+    try:
+        if s.type != socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            continue
+        o = {'fd': int(name), 'family': {socket.AF_INET: 'inet', socket.AF_INET6: 'inet6', socket.AF_UNIX: 'unix'}.get(s.family, str(s.family))}
+        try:
+            local, peer = s.getsockname(), s.getpeername()
+        except OSError:
+            continue
+        o['keepalive'] = s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        if s.family == socket.AF_UNIX:
+            o['local'], o['peer'] = str(local), str(peer)
+        else:
+            o['local'], o['peer'] = [local[0], local[1]], [peer[0], peer[1]]
+            o['keepidle'] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            o['keepintvl'] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+            o['keepcnt'] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+            o['user_timeout'] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+        out.append(o)
+    finally:
+        s.close()  # our duplicate only
+print(json.dumps(out))
+`;
+
+/**
+ * The connected stream sockets of process `pid` (duplicated with
+ * pidfd_getfd, needs root): [{fd, family ('inet' | 'inet6' | 'unix'), local,
+ * peer ([address, port] or a path), keepalive (SO_KEEPALIVE), and for TCP
+ * keepidle, keepintvl, keepcnt (s) and user_timeout (ms)}].
+ */
+export async function socketOptions(pid) {
+  const child = spawnTool('python3', ['-c', SOCKOPTS_SCRIPT, String(pid)], { stdio: ['ignore', 'pipe', 'pipe'] }, 'apt-get install -y python3 (3.9+)');
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const { code } = await within(child.exited, 15_000, 'the socket inspector did not finish');
+  assert.equal(code, 0, `socket inspector failed: ${err}`);
   return JSON.parse(out);
+}
+
+// ---------------------------------------------------------------------------
+// A pair of network namespaces joined by a veth link
+
+/** Runs a command to completion; throws with its stderr when it fails. */
+async function run(argv) {
+  const child = spawnTool(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] }, 'apt-get install -y iproute2');
+  let err = '';
+  child.stderr.on('data', (d) => (err += d));
+  const { code } = await within(child.exited, 15_000, `${argv.join(' ')} did not finish`);
+  if (code !== 0) throw new Error(`${argv.join(' ')} failed (${code}): ${err}`);
+}
+
+let netnsSeq = 0;
+
+/**
+ * Two fresh network namespaces, "a" and "b", joined by a veth pair: a has
+ * 10.203.9.1/24 on its end, b has 10.203.9.2/24; both have lo up. Nothing
+ * outside them changes (needs root). Returns {a, b, close()}, each side
+ * {name, address, dev, exec (an argv prefix that runs a command in it),
+ * run(...argv) (runs a command in it to completion)}; plus cut(side) (that
+ * side's link goes down: the other end sees no carrier and nothing passes)
+ * and drop(side) (netem loss 100% on that side's egress, the link stays up).
+ * close() deletes both namespaces (and so the link and every socket there).
+ */
+export async function netnsPair() {
+  const tag = `${process.pid % 100000}-${++netnsSeq}`;
+  const mk = (letter, address) => {
+    const name = `sp-${letter}-${tag}`;
+    const exec = ['ip', 'netns', 'exec', name];
+    return { name, address, dev: `veth-${letter}`, exec, run: (...argv) => run([...exec, ...argv]) };
+  };
+  const a = mk('a', '10.203.9.1');
+  const b = mk('b', '10.203.9.2');
+  const made = [];
+  const close = async () => {
+    for (const ns of made.splice(0)) await run(['ip', 'netns', 'del', ns]).catch(() => {});
+  };
+  try {
+    for (const side of [a, b]) {
+      await run(['ip', 'netns', 'add', side.name]);
+      made.push(side.name);
+      await side.run('ip', 'link', 'set', 'lo', 'up');
+    }
+    await a.run('ip', 'link', 'add', a.dev, 'type', 'veth', 'peer', 'name', b.dev, 'netns', b.name);
+    for (const side of [a, b]) {
+      await side.run('ip', 'addr', 'add', `${side.address}/24`, 'dev', side.dev);
+      await side.run('ip', 'link', 'set', side.dev, 'up');
+    }
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  return {
+    a,
+    b,
+    cut: (side) => side.run('ip', 'link', 'set', side.dev, 'down'),
+    drop: (side) => side.run('tc', 'qdisc', 'add', 'dev', side.dev, 'root', 'netem', 'loss', '100%'),
+    close,
+  };
 }

@@ -306,6 +306,21 @@ export async function abstractListening(name) {
   return table.split('\n').some((line) => line.endsWith(` ${name}`) && line.split(/\s+/)[3] === '00010000');
 }
 
+/**
+ * True once something listens on TCP `port` (any address, IPv4 or IPv6), read
+ * from /proc/net/tcp{,6}; in the network namespace of process `pid` if given.
+ */
+export async function tcpListening(port, pid = 'self') {
+  const { readFile } = await import('node:fs/promises');
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  for (const table of [`/proc/${pid}/net/tcp`, `/proc/${pid}/net/tcp6`]) {
+    // Columns: sl local_address(ADDR:PORT, hex) rem_address st(0A = LISTEN) …
+    const rows = (await readFile(table, 'utf8')).split('\n').slice(1).map((l) => l.trim().split(/\s+/));
+    if (rows.some((r) => r[1]?.endsWith(hex) && r[3] === '0A')) return true;
+  }
+  return false;
+}
+
 /** An echo server on the abstract name "@name": socat, one `cat` per connection. */
 export async function abstractEchoServer(name) {
   const child = socat([`ABSTRACT-LISTEN:${name.slice(1)},fork,backlog=256`, 'EXEC:cat'], ['ignore', 'ignore', 'inherit']);
@@ -460,6 +475,23 @@ while True:
   };
 }
 
+/**
+ * Our CLI socket-activated at once on a fresh 127.0.0.1 port (activateNow: no
+ * first connection needed, none made); resolves {child, port} once it logged
+ * its startup line. The child has stderrText and `exited`.
+ */
+export async function startProxyNow(args, { env = {} } = {}) {
+  const port = await freePort();
+  const child = activateNow(port, process.execPath, [CLI, ...args], { env });
+  child.exited.catch(() => {});
+  const up = await Promise.race([waitFor(() => /Listening on/.test(child.stderrText), 15_000), child.exited.then(() => false)]);
+  if (!up) {
+    child.kill('SIGKILL');
+    throw new Error(`the proxy did not start: ${child.stderrText}`);
+  }
+  return { child, port };
+}
+
 /** Writes `text` and resolves once as many bytes came back (an echo behind the proxy). */
 export async function exchange(socket, text, ms = 10_000) {
   let got = '';
@@ -476,4 +508,56 @@ export async function exchange(socket, text, ms = 10_000) {
   });
   socket.write(text);
   return within(reply, ms, `no echo of ${JSON.stringify(text)} within ${ms} ms (got ${JSON.stringify(got)})`);
+}
+
+// ---------------------------------------------------------------------------
+// Helpers added for the datagram suite.
+
+/**
+ * Socket activation of several sockets at once, as a .socket unit with ListenStream= and
+ * ListenDatagram= passes them (systemd-socket-activate applies --datagram to every -l, so it
+ * cannot mix kinds): python3 makes one socket per spec, in order from fd 3, sets LISTEN_FDS,
+ * LISTEN_PID (and LISTEN_FDNAMES when every spec has a name) and execs `command args…` at once.
+ * A spec is {type: 'stream' | 'dgram', host, port, name?, bind?} or {type, path} (AF_UNIX);
+ * IPv6 literals make AF_INET6 sockets (dual-stack, as systemd's BindIPv6Only=default); bind:
+ * false leaves a datagram socket unbound. Returns a spawnCollecting child.
+ */
+export function activateSockets(specs, command, args, { env = {} } = {}) {
+  const script = `
+import json, os, socket, sys
+specs = json.loads(sys.argv[1])
+made = []
+for s in specs:
+    kind = socket.SOCK_STREAM if s['type'] == 'stream' else socket.SOCK_DGRAM
+    if 'path' in s:
+        k = socket.socket(socket.AF_UNIX, kind)
+        if s.get('bind', True):
+            k.bind(s['path'])
+    else:
+        fam = socket.AF_INET6 if ':' in s['host'] else socket.AF_INET
+        k = socket.socket(fam, kind)
+        if fam == socket.AF_INET6:
+            k.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if s.get('bind', True):
+            k.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            k.bind((s['host'], s['port']))
+    if s.get('bind', True):
+        if kind == socket.SOCK_STREAM:
+            k.listen(128)
+    made.append(k.detach())
+# Out of the way first, then onto 3, 4, ...
+high = [os.dup2(fd, 200 + i) for i, fd in enumerate(made)]
+for fd in made:
+    os.close(fd)
+for i in range(len(high)):
+    os.dup2(200 + i, 3 + i)
+    os.close(200 + i)
+    os.set_inheritable(3 + i, True)
+os.environ['LISTEN_FDS'] = str(len(specs))
+os.environ['LISTEN_PID'] = str(os.getpid())
+if all('name' in s for s in specs):
+    os.environ['LISTEN_FDNAMES'] = ':'.join(s['name'] for s in specs)
+os.execvp(sys.argv[2], sys.argv[2:])
+`;
+  return spawnCollecting('python3', ['-c', script, JSON.stringify(specs), command, ...args], env);
 }

@@ -205,6 +205,27 @@ test('invalid options throw from the constructor with a .code, and nothing is bo
     [{ listen: [...listen, '127.0.0.1'] }, 'ERR_INVALID_ARG_VALUE'],
     [{ listen: '127.0.0.1:0' }, 'ERR_INVALID_ARG_TYPE'],
     [{ fds: [-1] }, 'ERR_INVALID_ARG_VALUE'],
+    // Issue 9's options.
+    [{ proxyProtocol: 'v3' }, 'ERR_INVALID_ARG_VALUE'],
+    [{ proxyProtocol: 'V2' }, 'ERR_INVALID_ARG_VALUE'],
+    [{ proxyProtocol: 2 }, 'ERR_INVALID_ARG_TYPE'],
+    [{ connectRetry: -1 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ connectRetry: 0.5 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ connectRetry: '5s' }, 'ERR_INVALID_ARG_TYPE'],
+    [{ idleTimeout: -1 }, 'ERR_INVALID_ARG_VALUE'],
+    [{ idleTimeout: Infinity }, 'ERR_INVALID_ARG_VALUE'],
+    [{ idleTimeout: '1s' }, 'ERR_INVALID_ARG_TYPE'],
+    [{ keepalive: 60_000 }, 'ERR_INVALID_ARG_TYPE'],
+    [{ keepalive: null }, 'ERR_INVALID_ARG_TYPE'],
+    [{ keepalive: { idle: '1s' } }, 'ERR_INVALID_ARG_TYPE'],
+    [{ keepalive: { interval: 1000 } }, 'ERR_INVALID_ARG_TYPE'],
+    [{ keepalive: { idle: 0 } }, 'ERR_INVALID_ARG_VALUE'],
+    [{ keepalive: { idle: -1000 } }, 'ERR_INVALID_ARG_VALUE'],
+    [{ keepalive: { idle: 40_000_000 } }, 'ERR_INVALID_ARG_VALUE'],
+    [{ keepalive: { idle: 1000, interval: 0 } }, 'ERR_INVALID_ARG_VALUE'],
+    [{ keepalive: { idle: 1000, count: 0 } }, 'ERR_INVALID_ARG_VALUE'],
+    [{ keepalive: { idle: 1000, count: 128 } }, 'ERR_INVALID_ARG_VALUE'],
+    [{ keepalive: { idle: 1000, count: 2.5 } }, 'ERR_INVALID_ARG_VALUE'],
   ];
   for (const [bad, code] of cases) {
     const options = { target: '127.0.0.1:9', listen, ...bad };
