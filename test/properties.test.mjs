@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import fc from 'fast-check';
-import { CLI, ROOT } from './helpers.mjs';
+import { CLI, ROOT, activateNow, echoServer, exchange, connect, freePort, waitFor, within } from './helpers.mjs';
 
 const require = createRequire(import.meta.url);
 const { parseTimespan, formatTimespan, TimespanError, USEC_INFINITY } = require(path.join(ROOT, 'dist', 'timespan.js'));
@@ -379,4 +379,34 @@ test(`LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES: the real CLI with random values exit
     assert.equal(r.stderr.split('\n').filter(Boolean).length, 1, where);
     assert.match(r.stderr, /socket|LISTEN_FDS/, where);
   });
+});
+
+test(`LISTEN_FDNAMES: random names for a socket really passed: the log line names it, and it forwards (${seedNote})`, { timeout: 5 * 60_000 }, async () => {
+  // python3 binds 127.0.0.1:PORT, puts it on fd 3 and execs the CLI with LISTEN_FDS=1 and its own pid;
+  // LISTEN_FDNAMES is whatever was drawn (colons, newlines, any Unicode, empty).
+  const upstream = await echoServer();
+  try {
+    const names = fc.sample(fc.oneof(fdNames, fc.string({ unit: 'grapheme', maxLength: 8 })), { seed: SEED + 3, numRuns: 6 });
+    for (const names$ of names) {
+      const port = await freePort();
+      const child = activateNow(port, process.execPath, [CLI, upstream.target], { env: cleanEnv({ LISTEN_FDNAMES: names$ }) });
+      const where = () => `LISTEN_FDNAMES=${JSON.stringify(names$)}: ${JSON.stringify(child.stderrText)}`;
+      try {
+        assert.ok(await waitFor(() => /Listening on/.test(child.stderrText) || child.exitCode !== null, 30_000), where());
+        const name = names$ === '' ? '' : names$.split(':')[0];
+        const label = name ? `fd 3 "${name.replace(/\n/g, ' ')}" (127.0.0.1:${port})` : `fd 3 (127.0.0.1:${port})`;
+        assert.ok(child.stderrText.includes(`Listening on ${label}; forwarding to`), where());
+        assert.equal(child.stderrText.split('\n').filter(Boolean).length, 1, where());
+        const socket = await connect(port);
+        assert.equal(await exchange(socket, 'named'), 'named');
+        socket.destroy();
+      } finally {
+        child.kill('SIGTERM');
+        const exit = await within(child.exited, 30_000, `no exit after SIGTERM: ${where()}`);
+        assert.equal(exit.code, 0, where());
+      }
+    }
+  } finally {
+    await upstream.close();
+  }
 });

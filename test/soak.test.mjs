@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ROOT } from './helpers.mjs';
 
-test('soak: one minute of mixed load leaves every byte right, fds and threads at the baseline, counters agreeing', { timeout: 8 * 60_000 }, async () => {
+test('soak: one minute of mixed load leaves every byte right, fds and threads at the baseline, counters agreeing', { timeout: 8 * 60_000 }, async (t) => {
   const json = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'soak-test-')), 'soak.json');
   const child = spawn('prlimit', ['--nofile=16384:16384', process.execPath, path.join(ROOT, 'scripts', 'soak.mjs'), '--minutes', '1', '--json', json], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -28,6 +28,7 @@ test('soak: one minute of mixed load leaves every byte right, fds and threads at
   const failed = report.checks.filter((c) => !c.ok);
   assert.deepEqual(failed, [], `soak checks failed:\n${out}`);
   assert.equal(code, 0, out);
+  for (const line of out.split('\n').filter((l) => l.startsWith('|') || l.startsWith('Connections'))) t.diagnostic(line);
   // It did soak: a minute of load, sampled, with the crowd and the kills.
   assert.ok(report.samples.filter((s) => s.phase === 'load').length >= 5, 'fewer than 5 load samples');
   assert.ok(report.stats.made > 1000, `only ${report.stats.made} connections`);
