@@ -28,7 +28,8 @@
 //   - RSS after the load more than --rss-bound MiB (default 16) above the baseline, or more than half
 //     of that grown between the first and the last load sample of a run of 3 minutes or more. The
 //     forwarding allocates nothing per byte and little per connection, and no JS runs per connection;
-//     measured growth is about 1 MiB. 16 MiB is V8 and malloc jitter with room to spare, and still
+//     measured growth is 1–6 MiB, nearly all in the first seconds of load. 16 MiB leaves room for V8
+//     and malloc jitter, and still
 //     catches a leak of 600 bytes per connection in one minute (~27,000 connections), or of 25 bytes
 //     per connection in an hour;
 //   - the counters disagree: accepted ≠ closed (every cause) + active; accepted + refused ≠ the
