@@ -7,7 +7,9 @@ import { PROGRAM, UsageError, helpText, parseCommandLine, versionText } from './
 function fail(message: string): never {
   process.stderr.on('error', () => {});
   // Under systemd an error is an error in the journal too, like the daemon's own lines.
-  process.stderr.write(`${stderrIsJournal() ? '<3>' : ''}${message}\n`);
+  // One line, as the daemon's logger writes them: a value with a newline in it must not split the
+  // message (under the journal the second half would lose its priority).
+  process.stderr.write(`${stderrIsJournal() ? '<3>' : ''}${message.replace(/\n/g, ' ')}\n`);
   process.exit(1);
 }
 

@@ -35,6 +35,11 @@ export function parseAddress(spec: string, defaultPort?: number, allowPortZero =
     const colon = spec.lastIndexOf(':');
     host = colon < 0 ? spec : spec.slice(0, colon);
     portText = colon < 0 ? undefined : spec.slice(colon + 1);
+    // Only an IPv6 address has colons of its own ("::1:8080"); any other host with one ("a.aa::1"),
+    // or with a bracket outside "[IPv6]:PORT", no resolver can find, so every client would fail.
+    if ((host.includes(':') && !net.isIPv6(host.replace(/%.*$/, ''))) || /[[\]]/.test(host)) {
+      throw new Error(`"${host}" is neither a host name nor an IPv6 address in address "${spec}"`);
+    }
   }
   if (host === '') throw new Error(`missing host in address "${spec}"`);
   let port: number;
