@@ -153,6 +153,8 @@ struct Connection {
   // no client byte goes upstream before all of it.
   uint8_t header_length = 0;
   uint8_t header_sent = 0;
+  bool header_corked = false;  // sent with MSG_MORE: the client's bytes were to follow
+  bool upstream_is_tcp = false;
   char header[kMaxProxyHeader];
   int64_t last_active = 0;  // the worker's clock when a byte last moved (idle timeout)
   int64_t accepted_us = 0;   // for the latency histograms and the access log

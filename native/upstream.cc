@@ -39,7 +39,8 @@ void Worker::ConnectNext(Connection* c, int last_error) {
       continue;
     }
     const char* what = "";
-    if (IsInet(target.addr.ss_family) && !SetTcpOptions(fd, config, &what)) {
+    c->upstream_is_tcp = IsInet(target.addr.ss_family);
+    if (c->upstream_is_tcp && !SetTcpOptions(fd, config, &what)) {
       last_error = errno;
       CloseFd(fd);
       continue;
@@ -162,13 +163,18 @@ void Worker::OnConnected(Connection* c, uint32_t events) {
 
 // Sends what is left of the PROXY protocol header. Almost always all of it in
 // one send; a partial one leaves the client's bytes waiting until the rest is
-// sent (the upstream reports writable again). False: the connection failed.
+// sent (the upstream reports writable again). When the client's request is
+// already waiting to follow (a TCP upstream), MSG_MORE lets the two leave in
+// one segment, so the upstream reads them with one wakeup; Pump pushes the
+// header out if nothing follows after all. False: the connection failed.
 bool Worker::SendProxyHeader(Connection* c) {
   while (c->header_pending() && c->upstream.writable) {
+    bool more = c->client.readable && c->upstream_is_tcp;
     ssize_t n = send(c->upstream.fd, c->header + c->header_sent, c->header_length - c->header_sent,
-                     MSG_DONTWAIT | MSG_NOSIGNAL);
+                     MSG_DONTWAIT | MSG_NOSIGNAL | (more ? MSG_MORE : 0));
     if (n >= 0) {
       c->header_sent = static_cast<uint8_t>(c->header_sent + n);
+      c->header_corked = more;
       continue;
     }
     int err = errno;

@@ -1,6 +1,8 @@
 #include "worker.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
@@ -455,6 +457,7 @@ void Worker::Pump(Connection* c) {
                          upstream_first ? &c->to_upstream : &c->to_client};
   ShovelResult results[2] = {ShovelResult::kIdle, ShovelResult::kIdle};
   size_t moved = 0;
+  uint64_t to_upstream_before = c->to_upstream.bytes;
   for (int i = 0; i < 2; ++i) {
     Direction& d = *order[i];
     if (d.to->failed && !d.from->failed && !c->other(d).done) continue;
@@ -463,6 +466,16 @@ void Worker::Pump(Connection* c) {
     if (results[i] == ShovelResult::kFailed) return Fail(c, shovel_.failure());
   }
   if (moved > 0 && c->idle.linked()) Touch(c);
+  if (c->header_corked) {
+    c->header_corked = false;
+    // No client byte followed the header after all: setting TCP_NODELAY
+    // again pushes out what MSG_MORE held back.
+    int one = 1;
+    if (c->to_upstream.bytes == to_upstream_before &&
+        setsockopt(c->upstream.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
+      return Fail(c, ShovelFailure{"setsockopt(TCP_NODELAY)", &c->upstream, errno});
+    }
+  }
   // A side that failed after its own stream had ended (a client that
   // half-closed, then reset) is read no more, so the shovel never meets its
   // error; a silent other peer would never learn. Pass it on now.

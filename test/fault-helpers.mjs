@@ -577,6 +577,14 @@ n = 0
 outcome = 'EOF'
 class Ended(Exception):
     pass
+def read_until(want):
+    global n
+    while n < want:
+        d = c.recv(262144)
+        if not d:
+            raise Ended()
+        n += len(d)
+        h.update(d)
 try:
     c.sendall(text.encode())
     if half_close:
@@ -584,22 +592,12 @@ try:
     if ticks:
         # Busy: one byte every tick_ms, each echoed before the next; then a close of our own.
         want = len(text)
-        while n < want:
-            d = c.recv(262144)
-            if not d:
-                raise Ended()
-            n += len(d)
-            h.update(d)
+        read_until(want)
         for i in range(ticks):
             time.sleep(tick_ms / 1000)
             c.sendall(b'.')
             want += 1
-            while n < want:
-                d = c.recv(262144)
-                if not d:
-                    raise Ended()
-                n += len(d)
-                h.update(d)
+            read_until(want)
         outcome = 'ALIVE'
     else:
         while True:

@@ -203,13 +203,15 @@ export async function udpEchoServer(host = '127.0.0.1', { port = 0, prefix = '' 
     const from = `${rinfo.address}:${rinfo.port}`;
     senders.push(from);
     log.push({ from, size: msg.length, text: msg.length <= 256 ? msg.toString() : null });
-    socket.send(head.length ? Buffer.concat([head, msg]) : msg, rinfo.port, rinfo.address);
+    if (!server.silent) socket.send(head.length ? Buffer.concat([head, msg]) : msg, rinfo.port, rinfo.address);
   });
   socket.on('error', () => {});
   socket.bind(port, host);
   await once(socket, 'listening');
   const bound = socket.address().port;
-  return {
+  const server = {
+    /** Set: record datagrams without answering them. */
+    silent: false,
     port: bound,
     target: net.isIPv6(host) ? `[${host}]:${bound}` : `${host}:${bound}`,
     senders,
@@ -221,6 +223,7 @@ export async function udpEchoServer(host = '127.0.0.1', { port = 0, prefix = '' 
     },
     close: () => new Promise((r) => socket.close(r)),
   };
+  return server;
 }
 
 /** A UDP client socket bound to an ephemeral port of `host`'s family. */
