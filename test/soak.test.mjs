@@ -26,7 +26,9 @@ test('soak: one minute of mixed load leaves every byte right, fds and threads at
   fs.rmSync(path.dirname(json), { recursive: true, force: true });
   assert.ok(report, `the soak wrote no report (exit ${code}):\n${out}\n${err.slice(-3000)}`);
   const failed = report.checks.filter((c) => !c.ok);
-  assert.deepEqual(failed, [], `soak checks failed:\n${out}`);
+  // The failed checks and the failures first: CI shows only the head of a long message.
+  const failures = (report.failures ?? []).slice(0, 20).map((f) => `  - ${f.what}: ${f.detail}`).join('\n');
+  assert.deepEqual(failed, [], `soak checks failed:\n${failed.map((c) => `- ${c.name}: ${c.detail}`).join('\n')}\n${failures}\n\n${out}`);
   assert.equal(code, 0, out);
   for (const line of out.split('\n').filter((l) => l.startsWith('|') || l.startsWith('Connections'))) t.diagnostic(line);
   // It did soak: a minute of load, sampled, with the crowd and the kills.
