@@ -39,6 +39,7 @@ import {
   startServerWith,
   waitFor,
   waitForPort,
+  activateOnFreePort,
   within,
 } from './helpers.mjs';
 import { udpClient, udpEchoServer, udpRequest } from './udp-helpers.mjs';
@@ -119,15 +120,14 @@ class Context {
    * `wait` (default) makes the first connection (the port probe) so it is exec'd.
    */
   async start(args, { extra = [], env = {}, wrapper = null, wait = true } = {}) {
-    const port = await freePort();
     const argv = this.daemon.argv(args);
-    const child = this.track(
-      wrapper
-        ? activateWrapped(wrapper, `127.0.0.1:${port}`, this.daemon.command, argv, { extra, env })
-        : activate(`127.0.0.1:${port}`, this.daemon.command, argv, { extra, env }),
-    );
-    if (wait) await waitForPort(port);
-    return { child, port };
+    const launch = wrapper ? (...a) => activateWrapped(wrapper, ...a) : activate;
+    if (wait) {
+      const { child, port } = await activateOnFreePort(this.daemon.command, argv, { extra, env }, (...a) => this.track(launch(...a)));
+      return { child, port };
+    }
+    const port = await freePort();
+    return { child: this.track(launch(`127.0.0.1:${port}`, this.daemon.command, argv, { extra, env })), port };
   }
 
   /** Starts the daemon with a listening socket passed in at once (no client needed to start it). */

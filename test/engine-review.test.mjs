@@ -220,6 +220,8 @@ for (const listeners of [1, 2]) {
     try {
       const ports = proxy.listeners.map((l) => portOf(l.address));
       (await servedClient(ports[0], 'warm')).destroy();
+      // The warm connection's close (an epoll_ctl DEL per side) must be over before strace counts calls.
+      assert.ok(await waitFor(async () => (await proxy.stats()).active === 0, 10_000), 'the warm connection did not close');
       // The worker's next accept4 fails with EMFILE: it drops its listeners
       // (one epoll_ctl DEL each) and re-adds them 100 ms later; the last of
       // those ADDs fails with ENOSPC (max_user_watches), once.
@@ -268,6 +270,8 @@ test('out of epoll watches for the upstream socket (epoll_ctl ENOSPC): the clien
   try {
     const port = portOf(proxy.listeners[0].address);
     (await servedClient(port, 'warm')).destroy();
+    // The warm connection's close (an epoll_ctl DEL per side) must be over before strace counts calls.
+    assert.ok(await waitFor(async () => (await proxy.stats()).active === 0, 10_000), 'the warm connection did not close');
     // Per client: epoll_ctl ADD for the client, then ADD for the upstream
     // socket. The upstream's ADD fails (max_user_watches), once.
     strace = await straceAttach([threadId(proxy.pid, 'proxyd-wrk0')], [

@@ -103,18 +103,18 @@ export async function waitFor(fn, timeoutMs = 5000, stepMs = 20) {
   }
 }
 
+/** One connect to the port: true if it was accepted. */
+function probePort(port, host = '127.0.0.1') {
+  return new Promise((resolve) => {
+    const s = net.connect({ port, host });
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+  });
+}
+
 /** Resolves once something accepts TCP connections on the port. */
 export async function waitForPort(port, host = '127.0.0.1', timeoutMs = 10000) {
-  const ok = await waitFor(
-    () =>
-      new Promise((resolve) => {
-        const s = net.connect({ port, host });
-        s.once('connect', () => { s.destroy(); resolve(true); });
-        s.once('error', () => resolve(false));
-      }),
-    timeoutMs,
-    50,
-  );
+  const ok = await waitFor(() => probePort(port, host), timeoutMs, 50);
   if (!ok) throw new Error(`nothing listens on ${host}:${port}`);
 }
 
@@ -138,21 +138,33 @@ export function activate(listen, command, args, { env = {}, extra = [] } = {}) {
   return child;
 }
 
-/** Starts our CLI socket-activated on a fresh port; resolves {child, port}. */
-export async function activateProxy(args, options = {}) {
-  const port = await freePort();
-  const child = activate(`127.0.0.1:${port}`, process.execPath, [CLI, ...args], options);
-  await waitForPort(port);
-  return { child, port };
+/**
+ * Runs `command args…` socket-activated on a fresh port (by `launch`: activate() or the like);
+ * resolves {child, port} once the port accepts (the probe is the first connection).
+ * freePort's port can be taken by another process before systemd-socket-activate binds it: then
+ * it exits ("Address already in use") and another port is tried.
+ */
+export async function activateOnFreePort(command, args, options, launch = activate) {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const child = launch(`127.0.0.1:${port}`, command, args, options);
+    let gone = false;
+    child.exited.then(() => (gone = true));
+    // A probe that connects wins: a daemon may exit right after its first connection.
+    const up = await waitFor(async () => (await probePort(port)) || (gone && 'exited'), 30_000, 50);
+    if (up === true) return { child, port };
+    child.kill('SIGKILL');
+    await child.exited;
+    if (up === 'exited' && attempt < 3 && /already in use/i.test(child.stderrText)) continue;
+    throw new Error(`nothing listens on 127.0.0.1:${port} (${up === 'exited' ? 'systemd-socket-activate exited' : 'after 30 s'}): ${child.stderrText}`);
+  }
 }
 
+/** Starts our CLI socket-activated on a fresh port; resolves {child, port}. */
+export const activateProxy = (args, options = {}) => activateOnFreePort(process.execPath, [CLI, ...args], options);
+
 /** Starts the reference daemon socket-activated on a fresh port. */
-export async function activateReference(args, options = {}) {
-  const port = await freePort();
-  const child = activate(`127.0.0.1:${port}`, REFERENCE, args, options);
-  await waitForPort(port);
-  return { child, port };
-}
+export const activateReference = (args, options = {}) => activateOnFreePort(REFERENCE, args, options);
 
 /** SIGTERMs a child and waits for it to exit. */
 export async function stop(child) {
