@@ -104,8 +104,8 @@ function lab() {
     const side = {
       name,
       exec,
-      // node needs the sanitizer runtimes back (under test:asan); ip must not have them
-      nodeExec: PRELOAD ? [...exec, 'env', `LD_PRELOAD=${PRELOAD}`] : exec,
+      // node needs the sanitizer runtimes (under test:asan); ip must not have them
+      nodeExec: PRELOAD ? ['env', '-u', 'LD_PRELOAD', ...exec, 'env', `LD_PRELOAD=${PRELOAD}`] : exec,
       run: (...argv) => run([...exec, ...argv]),
     };
     await side.run('ip', 'link', 'set', 'lo', 'up');
@@ -407,6 +407,7 @@ test('loss (nftables, 3% each way) + rate limit (tbf, 30 mbit each way): 8 MiB b
     assert.ok(ms >= 2000, `8 MiB through a 30 mbit link in ${ms} ms`);
     console.log(`# loss + rate: ${SIZE / MiB} MiB each way in ${ms} ms; nft dropped ${dropped.sent} sent / ${dropped.received} received packets; tbf overlimits ${qa.overlimits} (a) / ${qb.overlimits} (b)`);
     assert.equal(proxy.exitCode, null, `the proxy died: ${proxy.stderrText}`);
+    assertAddon(proxy);
   } finally {
     if (client) await reap(client.child, 2000);
     if (proxy) await reap(proxy, 5000);
@@ -449,6 +450,7 @@ test('delay 20 ms ± 10 ms, 8% reordered, 0.5% lost (impair.c over TUN, standing
     const sum = (k) => counts.aToB[k] + counts.bToA[k];
     console.log(`# delay + reorder + loss: ${SIZE / MiB} MiB each way in ${ms} ms; impair relayed ${sum('read')} packets, delayed ${sum('delayed')}, reordered ${sum('reordered')}, dropped ${sum('dropped')}`);
     assert.equal(proxy.exitCode, null, `the proxy died: ${proxy.stderrText}`);
+    assertAddon(proxy);
   } finally {
     if (relay) await reap(relay.child, 2000);
     if (client) await reap(client.child, 2000);
@@ -457,6 +459,14 @@ test('delay 20 ms ± 10 ms, 8% reordered, 0.5% lost (impair.c over TUN, standing
     await net.close();
   }
 });
+
+/** The proxy runs the addon this suite was pointed at (SOCKET_PROXYD_ADDON: the ASan build under test:asan). */
+function assertAddon(proxy) {
+  const want = process.env.SOCKET_PROXYD_ADDON;
+  if (!want) return;
+  const maps = fs.readFileSync(`/proc/${proxy.pid}/maps`, 'utf8');
+  assert.ok(maps.includes(path.resolve(want)), `the proxy did not load ${want}`);
+}
 
 /** TCP connection sockets (not listeners) the process holds: inodes of its fds found in its namespace's tcp tables. */
 function tcpConnections(pid) {
@@ -542,12 +552,14 @@ test(`link down mid-transfer: with ${WITH_USER_TIMEOUT.join(' ')} that connectio
     clients.push(again);
     assertExact(await again.result, await upstream.closed(33, 10_000), 256 * 1024, 'a new connection after the cut');
     assert.equal(proxy.exitCode, null, `the proxy died: ${proxy.stderrText}`);
+    assertAddon(proxy);
 
     // --keepalive alone: the connection with data in flight is still open well past IDLE + INTERVAL × COUNT
     // (4 s), 8 s after the cut: the kernel retransmits and never probes.
     const ended41 = await waitFor(() => upstream.events().some((m) => m.closed === 41), Math.max(0, cutAt + 8000 - Date.now()), 50);
     const stillOpen = Date.now() - cutAt;
     assert.equal(ended41, false, 'with --keepalive alone, the connection with data in flight ended: the README\'s advice to add --user-timeout is out of date');
+    assertAddon(plain);
     assert.equal(tcpConnections(plain.pid), 2, `with --keepalive alone the proxy holds ${tcpConnections(plain.pid)} connection sockets ${stillOpen} ms after the cut`);
     console.log(`# link down: with --user-timeout=${USER_TIMEOUT_MS / 1000}s A's upstream reset (${end.reset}) ${took} ms after the cut (after ${end.bytes} bytes); C's ${SIZE / MiB} MiB each way arrived whole in ${Math.round(cr.ms)} ms (${overlap}); with --keepalive alone A's connection still open ${stillOpen} ms after the cut`);
   } finally {
