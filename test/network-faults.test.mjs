@@ -539,6 +539,9 @@ test(`link down mid-transfer: with ${WITH_USER_TIMEOUT.join(' ')} that connectio
     assert.match(String(end.reset), /^(ECONNRESET|EPIPE)$/, `A's upstream connection was not reset (a clean end would make the cut transfer look complete): ${JSON.stringify(end)}\nproxy: ${proxy.stderrText}`);
     assert.ok(end.bytes < BIG, `A's upstream got all ${end.bytes} bytes after its link went down`);
     assert.ok(took <= DEADLINE_MS, `A's upstream connection ended only ${took} ms after the cut (deadline ${DEADLINE_MS} ms)`);
+    // Not sooner than the user timeout allows (counted from the oldest unacknowledged byte, sent
+    // at most a queue's worth, well under a second, before the cut): it was the timeout that ended it.
+    assert.ok(took >= USER_TIMEOUT_MS / 2, `A's upstream connection ended ${took} ms after the cut, before --user-timeout could`);
 
     // C's transfer beside it: byte-exact both ways, a clean end.
     const cr = await bystander.result;
