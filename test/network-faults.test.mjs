@@ -111,7 +111,7 @@ function lab() {
     await side.run('ip', 'link', 'set', 'lo', 'up');
     return side;
   };
-  /** A veth link between x (x.dev, x.address) and y (y.dev, y.address) on a /24. */
+  /** A veth link: device xdev with xaddr/24 in namespace x, its peer ydev with yaddr/24 in y; both up. */
   const veth = async (x, xdev, xaddr, y, ydev, yaddr) => {
     await x.run('ip', 'link', 'add', xdev, 'type', 'veth', 'peer', 'name', ydev, 'netns', y.name);
     await x.run('ip', 'addr', 'add', `${xaddr}/24`, 'dev', xdev);
