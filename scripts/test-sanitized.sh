@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole `npm test` suite against the ASan + UBSan build of the addon
-# (npm run test:asan). Builds it first (scripts/build-sanitized.sh) unless
+# (npm run test:asan), or only the test files given (npm run test:asan --
+# test/X.test.mjs …). Builds it first (scripts/build-sanitized.sh) unless
 # SKIP_BUILD=1. Any sanitizer report fails the run: ASan and UBSan halt and abort
 # on the first error, and every report is also written under a log directory
 # that must be empty at the end (a report from a child process whose test still
@@ -76,7 +77,11 @@ reports() {
 
 status=0
 node scripts/check-sanitized-load.mjs || status=$?
-[ "$status" = 0 ] && { npm test || status=$?; }
+if [ "$#" -gt 0 ]; then
+  [ "$status" = 0 ] && { node --test --test-concurrency=1 "$@" || status=$?; }
+else
+  [ "$status" = 0 ] && { npm test || status=$?; }
+fi
 reports || status=1
-[ "$status" = 0 ] && echo "test-sanitized: suite passed against $addon, no sanitizer reports" && rm -rf "$logdir"
+[ "$status" = 0 ] && echo "test-sanitized: ${*:-suite} passed against $addon, no sanitizer reports" && rm -rf "$logdir"
 exit "$status"

@@ -833,9 +833,9 @@ let netnsSeq = 0;
  * outside them changes (needs root). Returns {a, b, close()}, each side
  * {name, address, dev, exec (an argv prefix that runs a command in it),
  * run(...argv) (runs a command in it to completion)}; plus cut(side) (that
- * side's link goes down: the other end sees no carrier and nothing passes)
- * and drop(side) (netem loss 100% on that side's egress, the link stays up).
- * close() deletes both namespaces (and so the link and every socket there).
+ * side's link goes down: the other end sees no carrier and nothing passes).
+ * (Loss, rate limits, delay and reordering: test/network-faults.test.mjs; the
+ * kernel here has no sch_netem.) close() deletes both namespaces (and so the link and every socket there).
  */
 export async function netnsPair() {
   const tag = `${process.pid % 100000}-${++netnsSeq}`;
@@ -869,7 +869,6 @@ export async function netnsPair() {
     a,
     b,
     cut: (side) => side.run('ip', 'link', 'set', side.dev, 'down'),
-    drop: (side) => side.run('tc', 'qdisc', 'add', 'dev', side.dev, 'root', 'netem', 'loss', '100%'),
     close,
   };
 }
