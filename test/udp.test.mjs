@@ -393,7 +393,8 @@ test('CLI --udp-timeout=2s: sessions end after 2 s without a datagram (upstream 
     const open = await notify.wait(/^STATUS=.*\b5 UDP sessions\b/m);
     assert.match(fields(open.text).STATUS, /^Forwarding to /);
     assert.ok(await waitFor(() => udpSocketsTo(pid, echo.port) === 0, 10_000), 'the 5 sessions did not end');
-    assert.ok(await waitFor(async () => (await fdCount(pid)) === base, 5_000), `fds: ${await fdCount(pid)}, ${base} before the sessions`);
+    // At most the count before: Node may have held a short-lived fd of its own when that was taken.
+    assert.ok(await waitFor(async () => (await fdCount(pid)) <= base, 5_000), `fds: ${await fdCount(pid)}, ${base} before the sessions`);
     await notify.wait(/^STATUS=.*\b0 UDP sessions\b/m);
     await stopOk(child);
   } finally {
