@@ -78,7 +78,8 @@ reports() {
 status=0
 node scripts/check-sanitized-load.mjs || status=$?
 if [ "$#" -gt 0 ]; then
-  [ "$status" = 0 ] && { node --test --test-concurrency=1 "$@" || status=$?; }
+  # npm test's pretest builds dist/; named files skip it, so build here
+  [ "$status" = 0 ] && { npx tsc -p tsconfig.json && node --test --test-concurrency=1 "$@" || status=$?; }
 else
   [ "$status" = 0 ] && { npm test || status=$?; }
 fi

@@ -149,7 +149,7 @@ export async function activateOnFreePort(command, args, options, launch = activa
     const port = await freePort();
     const child = launch(`127.0.0.1:${port}`, command, args, options);
     let gone = false;
-    child.exited.then(() => (gone = true));
+    child.exited.then(() => (gone = true), () => (gone = true));
     // A probe that connects wins: a daemon may exit right after its first connection.
     const up = await waitFor(async () => (await probePort(port)) || (gone && 'exited'), 30_000, 50);
     if (up === true) return { child, port };

@@ -61,6 +61,7 @@ struct packet {
   uint64_t seq;    /* arrival order, breaks ties so equal due times keep it */
   size_t len;
   unsigned char *data;
+  uint64_t arrived_ns; /* when it was read; 0 for one sent ahead (not measured) */
 };
 
 /* A min-heap of packets by (due_ns, seq), bounded by `limit`. */
@@ -71,6 +72,9 @@ struct queue {
 
 struct counts {
   unsigned long long read, forwarded, delayed, reordered, dropped, overflow, write_dropped;
+  /* How long the delayed packets were really held, from read to write: the proof that the delay happened. */
+  unsigned long long held_count;
+  uint64_t held_min_ns, held_sum_ns;
 };
 
 struct direction {
@@ -182,13 +186,14 @@ static void take(struct direction *d, const struct options *o, unsigned char *bu
       continue;
     }
     uint64_t now = now_ns();
-    struct packet p = { 0, d->seq++, (size_t)got, malloc((size_t)got) };
+    struct packet p = { 0, d->seq++, (size_t)got, malloc((size_t)got), now };
     if (!p.data) die("malloc");
     memcpy(p.data, buf, (size_t)got);
     if (o->reorder_pct > 0 && rng_unit() * 100.0 < o->reorder_pct) {
       /* leaves now: overtakes whatever is queued in this direction */
       if (d->q.count > 0) d->n.reordered++;
       p.due_ns = now;
+      p.arrived_ns = 0;
     } else {
       double ms = o->delay_ms + (o->jitter_ms > 0 ? (rng_unit() * 2.0 - 1.0) * o->jitter_ms : 0);
       if (ms < 0) ms = 0;
@@ -199,6 +204,7 @@ static void take(struct direction *d, const struct options *o, unsigned char *bu
       p.due_ns = due;
     }
     heap_push(&d->q, p);
+    if (d->q.count >= d->q.limit) return; /* the rest waits in the device's own queue */
   }
 }
 
@@ -226,6 +232,12 @@ static uint64_t send_due(struct direction *d, const struct options *o) {
       exit(1);
     } else {
       d->n.forwarded++;
+      if (p.arrived_ns != 0) {
+        uint64_t held = now - p.arrived_ns;
+        if (d->n.held_count == 0 || held < d->n.held_min_ns) d->n.held_min_ns = held;
+        d->n.held_sum_ns += held;
+        d->n.held_count++;
+      }
     }
     free(p.data);
   }
@@ -234,9 +246,11 @@ static uint64_t send_due(struct direction *d, const struct options *o) {
 
 static void print_counts(const struct direction *d) {
   printf("\"%s\":{\"read\":%llu,\"forwarded\":%llu,\"delayed\":%llu,\"reordered\":%llu,"
-         "\"dropped\":%llu,\"overflow\":%llu,\"writeDropped\":%llu,\"queued\":%zu}",
+         "\"dropped\":%llu,\"overflow\":%llu,\"writeDropped\":%llu,\"queued\":%zu,"
+         "\"heldCount\":%llu,\"heldMinMs\":%.3f,\"heldMeanMs\":%.3f}",
          d->name, d->n.read, d->n.forwarded, d->n.delayed, d->n.reordered, d->n.dropped,
-         d->n.overflow, d->n.write_dropped, d->q.count);
+         d->n.overflow, d->n.write_dropped, d->q.count, d->n.held_count, d->n.held_min_ns / 1e6,
+         d->n.held_count ? (double)d->n.held_sum_ns / (double)d->n.held_count / 1e6 : 0.0);
 }
 
 static double number(const char *flag, const char *value) {
