@@ -25,8 +25,8 @@ function onLines(stream, fn) {
   });
 }
 
-/** Spawns a tool, rejecting loudly (with how to get it) when it is not installed. */
-function spawnTool(command, args, options, hint) {
+/** Spawns a tool; its `exited` rejects loudly (with how to get it) when it is not installed. */
+export function spawnTool(command, args, options, hint) {
   const child = spawn(command, args, options);
   child.exited = new Promise((resolve, reject) => {
     child.once('error', (e) => reject(e.code === 'ENOENT' ? new Error(`${command} is missing: ${hint}`) : e));

@@ -19,13 +19,13 @@
 //    happened (nft counters, tbf overlimits, impair's counts).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { CLI, ROOT, activateWrapped, tcpListening, waitFor, within } from './helpers.mjs';
-import { fdLinks, reap } from './fault-helpers.mjs';
+import { fdLinks, reap, spawnTool as spawnToolWith } from './fault-helpers.mjs';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-netfault-'));
 after(() => fs.rmSync(TMP, { recursive: true, force: true }));
@@ -42,16 +42,11 @@ const UPSTREAM = '127.0.0.1:9000'; // beside the proxy, in its namespace
 
 /** Spawns a tool without the sanitizer preload; rejects loudly (with how to get it) when it is missing. */
 function spawnTool(argv, hint, stdio = ['ignore', 'pipe', 'pipe']) {
-  const child = spawn(argv[0], argv.slice(1), { env: TOOL_ENV, stdio });
+  const child = spawnToolWith(argv[0], argv.slice(1), { env: TOOL_ENV, stdio }, hint);
   child.out = '';
   child.err = '';
   child.stdout?.setEncoding('utf8').on('data', (d) => (child.out += d));
   child.stderr?.setEncoding('utf8').on('data', (d) => (child.err += d));
-  child.exited = new Promise((resolve, reject) => {
-    child.once('error', (e) => reject(e.code === 'ENOENT' ? new Error(`${argv[0]} is missing: ${hint}`) : e));
-    child.once('exit', (code, signal) => resolve({ code, signal }));
-  });
-  child.exited.catch(() => {});
   return child;
 }
 
