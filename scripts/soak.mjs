@@ -55,7 +55,9 @@ const USAGE = `usage: npm run soak -- [--minutes N] [--seed S] [--crowd N] [--rs
   --seed S         seed of every random choice (default: from the clock; printed)
   --crowd N        connections held open at once, every kill interval (default 1100)
   --rss-bound MiB  allowed RSS growth from the idle baseline to the idle end (default 16)
-  --json FILE      also write the samples and the checks as JSON`;
+  --json FILE      also write the samples and the checks as JSON
+  --access-log FILE  run the proxy with --access-log --log-level=debug and write its stderr to FILE
+                   (a line per connection); a failure then quotes the lines of its client port`;
 
 const { values: opts } = parseArgs({
   options: {
@@ -64,6 +66,7 @@ const { values: opts } = parseArgs({
     crowd: { type: 'string', default: '1100' },
     'rss-bound': { type: 'string', default: '16' },
     json: { type: 'string' },
+    'access-log': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
@@ -141,7 +144,7 @@ const stats = {
   made: 0, connectFailed: 0, clean: 0, cut: 0, excused: 0, byKind: {}, crowds: [],
   lowUp: 0, highUp: 0, lowDown: 0, highDown: 0, reports: 0,
 };
-const fail = (what, detail) => failures.push({ what, detail });
+const fail = (what, detail, rec = null) => failures.push({ what, detail, rec });
 
 function onReports(reports) {
   for (const r of reports) {
@@ -200,10 +203,31 @@ const notify = await notifyReceiver(path.join(work, 'notify.sock'));
 const proxyPort = await freePort();
 upstream = await startUpstream();
 const proxy = activate(`127.0.0.1:${proxyPort}`, process.execPath,
-  ['-r', path.join(HERE, 'probe.cjs'), CLI, '-c', String(MAX_CONNECTIONS), `--workers=${WORKERS}`, `127.0.0.1:${upstreamPort}`],
+  ['-r', path.join(HERE, 'probe.cjs'), CLI, '-c', String(MAX_CONNECTIONS), `--workers=${WORKERS}`,
+    ...(opts['access-log'] ? ['--access-log', '--log-level=debug'] : []), `127.0.0.1:${upstreamPort}`],
   { extra: ['-E', `NOTIFY_SOCKET=${notify.address}`, '-E', `SOAK_PROBE_FILE=${probeFile}`] });
 let proxyExit = null;
 proxy.exited.then((e) => (proxyExit = e));
+if (opts['access-log']) {
+  // To the file, not to memory: an hour is a million lines. The last few KiB stay for messages.
+  const file = fs.createWriteStream(opts['access-log']);
+  proxy.stderr.removeAllListeners('data');
+  proxy.stderr.on('data', (d) => {
+    file.write(d);
+    proxy.stderrText = (proxy.stderrText + d).slice(-8192);
+  });
+}
+
+/** What is known of a failed connection beyond its detail: the upstream's report, its access log lines. */
+function evidence(f) {
+  let text = f.rec?.report ? `; the upstream's report: ${JSON.stringify(f.rec.report)}` : '';
+  const port = f.rec?.port;
+  if (opts['access-log'] && port) {
+    const lines = fs.readFileSync(opts['access-log'], 'utf8').split('\n').filter((l) => l.includes(`client=127.0.0.1:${port} `));
+    text += `; the access log's ${lines.length} lines for client port ${port} (ports are reused): ${lines.slice(-40).join(' | ')}`;
+  }
+  return text;
+}
 
 function counters() {
   try {
@@ -300,6 +324,7 @@ function runConn(kind, { upSize = 0, downSize = 0, param = 0, hold = null, onEch
     const untilDown = (bytes) => new Promise((r) => (rec.down >= bytes ? r(true) : waiters.push({ bytes, resolve: r })));
     socket.on('connect', () => {
       rec.connected = true;
+      rec.port = socket.localPort;
       stats.made++;
       socket.setNoDelay(true);
       drive().catch((e) => {
@@ -404,7 +429,7 @@ function runConn(kind, { upSize = 0, downSize = 0, param = 0, hold = null, onEch
 function settle(rec, entry) {
   const { h } = rec;
   const name = KIND_NAME[h.kind];
-  const tag = `connection ${h.id} (${name}, ${rec.end - rec.start} ms)`;
+  const tag = `connection ${h.id} (${name}, ${rec.end - rec.start} ms from ${((rec.start - T0) / 1000).toFixed(1)} s, client port ${rec.port})`;
   if (!rec.connected) {
     stats.connectFailed++;
     excusable.push({ what: 'connect to the proxy failed', detail: `${tag}: ${rec.error}`, start: rec.start, end: rec.end });
@@ -426,7 +451,7 @@ function settle(rec, entry) {
       excusable.push({
         what: 'a connection that should end cleanly did not',
         detail: `${tag}: got ${rec.down} of ${expectedDown(h)} bytes, end ${rec.ended}, error ${rec.error}`,
-        start: rec.start, end: rec.end,
+        start: rec.start, end: rec.end, rec,
       });
     }
   } else if (h.kind === KIND.upstreamReset && rec.error !== 'ECONNRESET' && !rec.resetSeen) {
@@ -457,6 +482,7 @@ function settle(rec, entry) {
 
 /** A cut connection with its upstream's report: what the upstream read and wrote bound the counters. */
 function settleCut(rec, report) {
+  rec.report = report;
   stats.lowUp += report.read;
   stats.highDown += report.written;
   ledger.delete(rec.h.id);
@@ -609,7 +635,7 @@ try {
   // Checks.
   const checks = [];
   const check = (name, ok, detail) => checks.push({ name, ok: Boolean(ok), detail });
-  for (const e of excusable) (excused(e.start, e.end) ? stats.excused++ : fail(e.what, e.detail));
+  for (const e of excusable) (excused(e.start, e.end) ? stats.excused++ : fail(e.what, e.detail, e.rec));
   check('every byte arrived right (both directions, every connection)', !failures.some((f) => /wrong/.test(f.what)),
     `${stats.clean} clean connections checked whole, ${stats.cut} cut ones checked up to the cut`);
   check('the soak upstream never died but when killed', !failures.some((f) => /upstream died/.test(f.what)), `${kills.length} kills, no other death`);
@@ -679,9 +705,9 @@ try {
   if (failures.length) {
     const groups = Map.groupBy ? Map.groupBy(failures, (f) => f.what) : failures.reduce((m, f) => m.set(f.what, [...(m.get(f.what) ?? []), f]), new Map());
     console.log(`\n${failures.length} failures:`);
-    for (const [what, list] of groups) console.log(`- ${list.length} × ${what}; e.g. ${list.slice(0, 3).map((f) => f.detail).join('; ')}`);
+    for (const [what, list] of groups) console.log(`- ${list.length} × ${what}; e.g. ${list.slice(0, 3).map((f) => f.detail + evidence(f)).join('; ')}`);
   }
-  if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ seed: SEED, minutes: MINUTES, samples, checks, stats, counters: c, failures }, null, 2));
+  if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ seed: SEED, minutes: MINUTES, samples, checks, stats, counters: c, failures: failures.map((f) => ({ what: f.what, detail: f.detail + evidence(f) })) }, null, 2));
   if (checks.some((x) => !x.ok)) exitCode = 1;
 } catch (error) {
   console.error(`soak: ${error.stack ?? error}`);
