@@ -141,7 +141,7 @@ const ledger = new Map(); // id -> {rec (client side, once done), report (upstre
 const failures = []; // {what, detail}: never excused
 const excusable = []; // {what, detail, start, end}: failures only if no kill explains them
 const stats = {
-  made: 0, connectFailed: 0, clean: 0, cut: 0, excused: 0, byKind: {}, crowds: [],
+  made: 0, connectFailed: 0, clean: 0, cut: 0, excused: 0, excusedByMemory: [], byKind: {}, crowds: [],
   lowUp: 0, highUp: 0, lowDown: 0, highDown: 0, reports: 0,
 };
 const fail = (what, detail, rec = null) => failures.push({ what, detail, rec });
@@ -192,7 +192,24 @@ async function killUpstream() {
   log(`upstream SIGKILLed and listening again after ${k.ready - k.at} ms`);
 }
 
-const excused = (start, end) => kills.some((k) => start <= k.ready + KILL_GRACE_MS && end >= k.at);
+const excusedByKill = (start, end) => kills.some((k) => start <= k.ready + KILL_GRACE_MS && end >= k.at);
+
+// The kernel's own resets. When TCP memory is over net.ipv4.tcp_mem's hard limit (another process
+// parking gigabytes in socket buffers: the test suite's 1,000 slow readers do), close() of a socket
+// with unsent data sends a reset and drops that data (TcpExt TCPAbortOnMemory), whatever the program
+// did: a connection that lost its tail while that counter rose is the machine's, not the proxy's.
+// Sampled every 250 ms; the counters are the network namespace's, shared with anything else there.
+function abortsOnMemory() {
+  const [keys, values] = fs.readFileSync('/proc/net/netstat', 'utf8').split('\n').filter((l) => l.startsWith('TcpExt:')).map((l) => l.split(/\s+/));
+  return Number(values[keys.indexOf('TCPAbortOnMemory')]);
+}
+const memoryAborts = [{ at: Date.now(), count: abortsOnMemory() }]; // {at, count}, in time order
+const memorySampler = setInterval(() => {
+  const count = abortsOnMemory();
+  if (count !== memoryAborts.at(-1).count) memoryAborts.push({ at: Date.now(), count });
+}, 250);
+const excusedByMemory = (start, end) => memoryAborts.some((m, i) => i > 0 && m.at >= start && m.at <= end + 500);
+const excused = (start, end) => excusedByKill(start, end) || excusedByMemory(start, end);
 
 // ---------------------------------------------------------------------------------------------------
 // The proxy, socket-activated, and what it reports.
@@ -635,12 +652,18 @@ try {
   // Checks.
   const checks = [];
   const check = (name, ok, detail) => checks.push({ name, ok: Boolean(ok), detail });
-  for (const e of excusable) (excused(e.start, e.end) ? stats.excused++ : fail(e.what, e.detail, e.rec));
+  clearInterval(memorySampler);
+  for (const e of excusable) {
+    if (excusedByKill(e.start, e.end)) stats.excused++;
+    else if (excusedByMemory(e.start, e.end)) stats.excusedByMemory.push(`${e.what}: ${e.detail}`);
+    else fail(e.what, e.detail, e.rec);
+  }
+  const kernelAborts = memoryAborts.at(-1).count - memoryAborts[0].count;
   check('every byte arrived right (both directions, every connection)', !failures.some((f) => /wrong/.test(f.what)),
     `${stats.clean} clean connections checked whole, ${stats.cut} cut ones checked up to the cut`);
   check('the soak upstream never died but when killed', !failures.some((f) => /upstream died/.test(f.what)), `${kills.length} kills, no other death`);
-  check('no connection failed or hung outside an upstream kill', !failures.some((f) => !/wrong|sampling|upstream died/.test(f.what)),
-    `${stats.excused} excused by ${kills.length} kills`);
+  check('no connection failed or hung outside an upstream kill (or a kernel reset for want of TCP memory)', !failures.some((f) => !/wrong|sampling|upstream died/.test(f.what)),
+    `${stats.excused} excused by ${kills.length} kills` + (kernelAborts ? `; the kernel reset ${kernelAborts} closes for want of TCP memory (TCPAbortOnMemory), ${stats.excusedByMemory.length} failures excused by it: ${stats.excusedByMemory.slice(0, 3).join('; ')}` : ''));
   // The pipe pool keeps up to two spare pipes per worker for good (README, How it works); a worker
   // may not have had them yet at the baseline. Those aside, every fd must be gone.
   const poolFloor = 2 * WORKERS;
