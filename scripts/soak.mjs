@@ -209,7 +209,6 @@ const memorySampler = setInterval(() => {
   if (count !== memoryAborts.at(-1).count) memoryAborts.push({ at: Date.now(), count });
 }, 250);
 const excusedByMemory = (start, end) => memoryAborts.some((m, i) => i > 0 && m.at >= start && m.at <= end + 500);
-const excused = (start, end) => excusedByKill(start, end) || excusedByMemory(start, end);
 
 // ---------------------------------------------------------------------------------------------------
 // The proxy, socket-activated, and what it reports.

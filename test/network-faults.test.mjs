@@ -369,13 +369,26 @@ async function startProxy(side, address, args, port = PROXY_PORT) {
 
 // ---------------------------------------------------------------------------
 
+
+/**
+ * A bulk transfer from namespace `from` through the proxy at `address`, `size` bytes each way at once,
+ * checked byte-exact at both ends; the client goes into `clients` (for the caller to reap, whatever
+ * happens) before anything is awaited. Resolves the milliseconds it took.
+ */
+async function transfer(clients, from, address, seed, size, upstream, label) {
+  const t0 = Date.now();
+  const client = bulkClient(from, address, seed, size, 60_000);
+  clients.push(client);
+  assertExact(await client.result, await upstream.closed(seed, 10_000), size, label);
+  return Date.now() - t0;
+}
 test('loss (nftables, 3% each way) + rate limit (tbf, 30 mbit each way): 8 MiB both ways at once arrive byte-exact', { timeout: 90_000 }, async () => {
   requireNft();
   const SIZE = 8 * MiB;
   const net = lab();
   let upstream = null;
   let proxy = null;
-  let client = null;
+  const clients = [];
   try {
     const a = await net.ns('a');
     const b = await net.ns('b');
@@ -385,13 +398,7 @@ test('loss (nftables, 3% each way) + rate limit (tbf, 30 mbit each way): 8 MiB b
     const loss = await nftLoss(a, 'veth-a', 3);
     upstream = await bulkServer(b);
     proxy = await startProxy(b, '10.203.9.2', []);
-
-    const t0 = Date.now();
-    client = bulkClient(a, '10.203.9.2', 11, SIZE, 60_000);
-    const c = await client.result;
-    const u = await upstream.closed(11, 10_000);
-    assertExact(c, u, SIZE, 'loss + rate');
-    const ms = Date.now() - t0;
+    const ms = await transfer(clients, a, '10.203.9.2', 11, SIZE, upstream, 'loss + rate');
 
     // The faults were real: packets dropped both ways, both qdiscs tbf and throttling.
     const dropped = await loss.dropped();
@@ -409,7 +416,7 @@ test('loss (nftables, 3% each way) + rate limit (tbf, 30 mbit each way): 8 MiB b
     assert.equal(proxy.exitCode, null, `the proxy died: ${proxy.stderrText}`);
     assertAddon(proxy);
   } finally {
-    if (client) await reap(client.child, 2000);
+    for (const c of clients) await reap(c.child, 2000);
     if (proxy) await reap(proxy, 5000);
     await upstream?.close();
     await net.close();
@@ -421,7 +428,7 @@ test('delay 20 ms ± 10 ms, 8% reordered, 0.5% lost (impair.c over TUN, standing
   const net = lab();
   let upstream = null;
   let proxy = null;
-  let client = null;
+  const clients = [];
   let relay = null;
   try {
     const a = await net.ns('a');
@@ -429,13 +436,7 @@ test('delay 20 ms ± 10 ms, 8% reordered, 0.5% lost (impair.c over TUN, standing
     relay = await impair(a, b, { 'delay-ms': 20, 'jitter-ms': 10, 'reorder-pct': 8, 'loss-pct': 0.5, seed: 7 });
     upstream = await bulkServer(b);
     proxy = await startProxy(b, '10.203.10.2', []);
-
-    const t0 = Date.now();
-    client = bulkClient(a, '10.203.10.2', 21, SIZE, 60_000);
-    const c = await client.result;
-    const u = await upstream.closed(21, 10_000);
-    assertExact(c, u, SIZE, 'delay + jitter + reordering + loss');
-    const ms = Date.now() - t0;
+    const ms = await transfer(clients, a, '10.203.10.2', 21, SIZE, upstream, 'delay + jitter + reordering + loss');
 
     const counts = await relay.stop();
     relay = null;
@@ -457,7 +458,7 @@ test('delay 20 ms ± 10 ms, 8% reordered, 0.5% lost (impair.c over TUN, standing
     assertAddon(proxy);
   } finally {
     if (relay) await reap(relay.child, 2000);
-    if (client) await reap(client.child, 2000);
+    for (const c of clients) await reap(c.child, 2000);
     if (proxy) await reap(proxy, 5000);
     await upstream?.close();
     await net.close();
