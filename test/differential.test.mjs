@@ -205,7 +205,7 @@ async function writeAll(socket, buf, chunk = 256 * KiB) {
  * it back. Resolves 'echoed', or 'closed' when the connection ends or fails
  * first, or 'silent' when nothing at all happens within `ms`.
  */
-async function echoOnce(socket, payload = Buffer.from('ping\n'), ms = 3000) {
+async function echoOnce(socket, payload = Buffer.from('ping\n'), ms = 15_000) {
   if (socket.destroyed) return 'closed';
   let timer;
   const silent = new Promise((r) => (timer = setTimeout(() => r('silent'), ms)));
@@ -645,7 +645,8 @@ const SCENARIOS = [
       const upstream = ctx.server(await echoServer());
       const { port } = await ctx.start([upstream.target], { extra: ['-E', `NOTIFY_SOCKET=${socketPath}`] });
       const served = (await probeClient(ctx, port)).result; // up and serving
-      await waitFor(() => receiver.messages.some((m) => m.text.split('\n').includes('READY=1')), 2000);
+      // The reference never sends it: a short wait there; ours, generous.
+      await waitFor(() => receiver.messages.some((m) => m.text.split('\n').includes('READY=1')), ctx.daemon.name === 'ours' ? 15_000 : 2000);
       return { served, messages: receiver.messages.map((m) => m.text) };
     },
     // systemd 252's proxy sends nothing when it starts (no watchdog asked for here).
@@ -671,9 +672,16 @@ const SCENARIOS = [
       const before = await echoOnce(socket);
       await sleep(300); // past start-up: signal handlers in place
       child.kill('SIGTERM');
-      await sleep(500);
+      // Until the signal has been handled: new clients are no longer served (each probe that
+      // still got in is ended, so it holds nothing open).
+      let newClient;
+      await waitFor(async () => {
+        const probe = await probeClient(ctx, port);
+        probe.socket?.end();
+        newClient = probe.result;
+        return newClient === 'closed';
+      }, 15_000, 100);
       const after = await echoOnce(socket);
-      const newClient = (await probeClient(ctx, port)).result;
       socket.end();
       const exit = await exitWithin(child, 10_000);
       return { before, after, newClient, exit };

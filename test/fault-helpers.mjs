@@ -214,7 +214,7 @@ export const TICKS_PER_SECOND = 100;
 // Holding another process's fds: python3 with pidfd_getfd(2)
 
 const HOLDER_SCRIPT = `
-import ctypes, os, sys
+import ctypes, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 SYS_pidfd_getfd = 438
@@ -298,7 +298,7 @@ export async function fdHolder() {
 // Stopping one thread: ptrace from python3
 
 const FREEZE_SCRIPT = `
-import ctypes, os, sys
+import ctypes, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
 tid = int(sys.argv[1])
@@ -308,15 +308,18 @@ def ptrace(request, name):
 ptrace(0x4206, 'PTRACE_SEIZE')
 ptrace(0x4207, 'PTRACE_INTERRUPT')
 os.waitpid(tid, 0x40000000)  # __WALL: the thread has stopped
-print('stopped', flush=True)
+print('stopped', time.time() * 1000, flush=True)
 sys.stdin.readline()  # until told (or until the test goes away)
+before = time.time() * 1000
 ptrace(17, 'PTRACE_DETACH')
-print('resumed', flush=True)
+print('resumed', before, flush=True)
 `;
 
 /**
  * Stops thread `comm` of `pid` with ptrace until resume() is called. Resolves
- * once the thread is stopped: {resume() (resolves once it runs again), close()}.
+ * once the thread is stopped: {stoppedAt, resume() (resolves once it runs again), close()};
+ * after resume(), resumedAt. Both are the ptrace helper's own clock (ms since the epoch),
+ * taken once the thread had stopped and just before it was let go.
  */
 export async function freezeThread(pid, comm) {
   const tid = threadId(pid, comm);
@@ -325,17 +328,22 @@ export async function freezeThread(pid, comm) {
   let err = '';
   child.stdout.on('data', (d) => (out += d));
   child.stderr.on('data', (d) => (err += d));
+  const line = (word) => new RegExp(`^${word} ([0-9.]+)\n`, 'm').exec(out);
   const saw = (word) =>
     Promise.race([
-      waitFor(() => out.includes(word), 15_000, 10),
-      child.exited.then(() => out.includes(word)),
+      waitFor(() => line(word), 15_000, 10),
+      child.exited.then(() => line(word)),
     ]).then((ok) => assert.ok(ok, `ptrace helper: no "${word}" (${err})`));
+  const stamp = (word) => Number(line(word)[1]);
   await saw('stopped');
   return {
     tid,
+    stoppedAt: stamp('stopped'),
+    resumedAt: undefined,
     async resume() {
       child.stdin.end();
       await saw('resumed');
+      this.resumedAt = stamp('resumed');
     },
     close: async () => {
       child.stdin.end();

@@ -35,6 +35,9 @@ import { blackhole } from './fault-helpers.mjs';
 const KiB = 1024;
 const MiB = 1024 * 1024;
 
+/** The largest buffer TCP autotuning may give a socket: the third field of net.ipv4.tcp_rmem / tcp_wmem. */
+const kernelMax = (name) => Number(fs.readFileSync(`/proc/sys/net/ipv4/${name}`, 'utf8').trim().split(/\s+/)[2]);
+
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-proxyd-fwd-'));
 process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
 
@@ -252,10 +255,23 @@ test('a slow upstream bounds what the proxy takes from the client; every byte ar
       const sent = createHash('sha256');
       const { written, pushed } = await writeUntilStuck(client, pattern(256 * KiB, 4), { hash: sent, stallMs: 700 });
       assert.ok(pushed > 0, 'some bytes went out');
-      assert.ok(pushed < 32 * MiB, `the client pushed ${pushed} bytes into a stalled path (bound: 32 MiB)`);
+      // What a stalled path can hold: four socket buffers at the kernel's autotuning maxima (the
+      // client's send and the proxy's receive, the proxy's send and the upstream's receive) and
+      // the one pipe between them. Without back-pressure the client would push its whole 1 GiB.
+      const bound = 2 * kernelMax('tcp_rmem') + 2 * kernelMax('tcp_wmem') + 256 * KiB + MiB;
+      assert.ok(pushed < bound, `the client pushed ${pushed} bytes into a stalled path (bound: ${bound})`);
       const stats = proxy.stats;
       assert.ok(stats.bytesToUpstream <= pushed, 'the proxy forwarded no more than the client pushed');
       assert.ok(stats.pipesInUse <= 2, `pipes in use: ${stats.pipesInUse}`);
+      // Stuck for a whole second by the proxy's own count (the client's 700 ms without 'drain'
+      // can pass while a descheduled worker still had bytes to move).
+      let last = -1;
+      assert.ok(await waitFor(() => {
+        const now = proxy.stats.bytesToUpstream;
+        const same = now === last;
+        last = now;
+        return same;
+      }, 20_000, 1000), 'bytes kept moving to an upstream that does not read');
       // Still stuck after the worker has run again (a whole exchange on another
       // connection went through its loop): the proxy is not reading ahead.
       const before = proxy.stats.bytesToUpstream;
@@ -529,7 +545,7 @@ async function servedClient(at, tag) {
 /** A client the proxy is expected to close at once without forwarding. */
 async function refusedClient(at) {
   const socket = await connectTo(at);
-  const end = await within(closed(socket), 3_000, 'client over the limit was not closed');
+  const end = await within(closed(socket), 10_000, 'client over the limit was not closed');
   assert.deepEqual(end, { data: Buffer.alloc(0), ended: true, error: null }, 'closed at once with a clean end');
 }
 
@@ -687,7 +703,7 @@ c.recv(1)
       });
       try {
         await within(once(client.stdout, 'data'), 10_000, 'the python client did not send');
-        assert.ok(await waitFor(() => received === 200, 3000), `upstream has ${received} of 200 bytes while the client waits`);
+        assert.ok(await waitFor(() => received === 200, 15_000), `upstream has ${received} of 200 bytes while the client waits`);
         assert.equal(ended, false);
         client.stdin.end();
         assert.ok(await waitFor(() => ended, 5000), 'the end did not arrive');
@@ -733,7 +749,7 @@ c.recv(1)
       });
       try {
         await within(once(client.stdout, 'data'), 10_000, 'the python client did not send');
-        assert.ok(await waitFor(() => received() === 300_004, 3000), `upstream has ${received()} of 300004 bytes while the client waits`);
+        assert.ok(await waitFor(() => received() === 300_004, 15_000), `upstream has ${received()} of 300004 bytes while the client waits`);
         client.stdin.end();
         assert.ok(await waitFor(() => ended, 5000), 'the end did not arrive');
         assert.equal(await within(exited, 5000, 'the python client did not finish'), 0);
@@ -876,9 +892,9 @@ test('close() leaves no fd, pipe or thread behind, even with connections open', 
 
   const ends = clients.map(closed);
   proxy.close();
-  await within(idle, 2_000, "no 'idle' after close()");
+  await within(idle, 10_000, "no 'idle' after close()");
   // The proxy closed every client.
-  const results = await within(Promise.all(ends), 5_000, 'clients not closed by close()');
+  const results = await within(Promise.all(ends), 10_000, 'clients not closed by close()');
   assert.equal(results.length, 4);
   for (const s of upstreamSockets) s.destroy();
   // All our own sockets are gone too; what remains is the baseline.

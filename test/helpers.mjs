@@ -431,18 +431,27 @@ export function activateNow(port, command, args, { env = {} } = {}) {
 /**
  * A notification socket like systemd's: AF_UNIX datagrams received by python3
  * (Node has no UNIX datagram sockets). `address` is a path or "@abstract".
- * messages: [{text, t (receiver's clock, ms), at (Date.now() on arrival)}].
+ * messages: [{text, t, at}]: t is when the kernel queued the datagram (SO_TIMESTAMPNS, ms since
+ * the epoch: the sender's moment, however late the receiver reads it), at is Date.now() when this
+ * process got it.
  */
 export async function notifyReceiver(address) {
   const script = `
-import json, socket, sys, time
+import json, socket, struct, sys, time
+SO_TIMESTAMPNS = 35  # not in Python's socket module
 a = sys.argv[1]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 s.bind('\\0' + a[1:] if a.startswith('@') else a)
 print('bound', flush=True)
 while True:
-    d = s.recv(65536)
-    print(json.dumps({'t': time.monotonic() * 1000, 'text': d.decode()}), flush=True)
+    d, ancillary, _, _ = s.recvmsg(65536, 256)
+    t = time.time() * 1000
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack('qq', data[:16])
+            t = sec * 1000 + nsec / 1e6
+    print(json.dumps({'t': t, 'text': d.decode()}), flush=True)
 `;
   const child = spawn('python3', ['-c', script, address], { stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = new Promise((resolve, reject) => {
