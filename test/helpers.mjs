@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
+import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,12 +21,43 @@ export async function startServer(onConnection, address = '127.0.0.1') {
 /** Echo server: writes back everything, ends when the client ends. */
 export const echoServer = (address) => startServer((s) => s.on('error', () => {}).pipe(s), address);
 
-/** A port that was free a moment ago. */
+/** Ports this process has handed out: never twice. */
+const handedOut = new Set();
+const FIRST_TEST_PORT = 10000;
+
+/** Whether `port` can be bound on `host` right now. */
+function bindable(port, host) {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, host, () => s.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A port that was free a moment ago, for a daemon to bind later. Drawn below the kernel's
+ * ephemeral range (net.ipv4.ip_local_port_range), where a port-0 bind would draw it: there no
+ * outgoing connection of this busy test machine can take it as its source port in between.
+ */
 export async function freePort(host = '127.0.0.1') {
+  let low = 32768;
+  try {
+    low = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+  } catch {
+    // no procfs: the kernel's default range
+  }
+  for (let attempt = 0; low - FIRST_TEST_PORT > 1000 && attempt < 100; attempt++) {
+    const port = FIRST_TEST_PORT + Math.floor(Math.random() * (low - FIRST_TEST_PORT));
+    if (handedOut.has(port) || !(await bindable(port, host))) continue;
+    handedOut.add(port);
+    return port;
+  }
+  // An ephemeral range that starts too low to leave room below it: the kernel's pick.
   const s = net.createServer().listen(0, host);
   await once(s, 'listening');
   const { port } = s.address();
   await new Promise((r) => s.close(r));
+  handedOut.add(port);
   return port;
 }
 
