@@ -135,15 +135,27 @@ async function scrapeUntil(where, ok, what, ms = 15_000) {
 const CLOSE_CAUSES = ['client_end', 'upstream_end', 'client_reset', 'upstream_reset', 'error', 'drain', 'idle_timeout'];
 const FAIL_CAUSES = ['refused', 'timeout', 'unreachable', 'resolve', 'other'];
 
-/** accepted = open + upstream failures + closed by every cause: each connection once. */
-function assertAccounted(m) {
+/** [accepted, open + upstream failures + closed by every cause]: equal when each connection is counted once. */
+function accounting(m) {
   const closedSum = CLOSE_CAUSES.reduce((a, c) => a + sample(m, `socket_proxyd_connections_closed_total{cause="${c}"}`), 0);
   const failedSum = FAIL_CAUSES.reduce((a, c) => a + sample(m, `socket_proxyd_upstream_failures_total{cause="${c}"}`), 0);
-  assert.equal(
-    sample(m, 'socket_proxyd_connections_accepted_total'),
-    sample(m, 'socket_proxyd_connections_open') + failedSum + closedSum,
-    'accepted = open + failed + closed',
-  );
+  return [sample(m, 'socket_proxyd_connections_accepted_total'), sample(m, 'socket_proxyd_connections_open') + failedSum + closedSum];
+}
+
+/**
+ * Whether a scrape is settled: a worker counts a connection's end (cause, duration) before it lowers
+ * the open count, and a scrape reads the counters one by one, so a scrape taken just as a connection
+ * ends can see it both open and ended. Scrapes that are asserted on wait for this as well.
+ */
+function accounted(m) {
+  const [accepted, rest] = accounting(m);
+  return accepted === rest;
+}
+
+/** accepted = open + upstream failures + closed by every cause: each connection once. */
+function assertAccounted(m) {
+  const [accepted, rest] = accounting(m);
+  assert.equal(accepted, rest, 'accepted = open + failed + closed');
 }
 
 /** promtool check metrics: the text must parse; lint complaints are allowed only for prom-client's nodejs_* names. */
@@ -218,8 +230,10 @@ test('--metrics: a scrape while traffic flows passes promtool; every counter, ga
     await within(closed(third), 15_000);
 
     // Traffic still in flight: two open.
-    const during = await scrapeUntil(mport, (m) => sample(m, 'socket_proxyd_connections_closed_total{cause="client_end"}') === 6,
-      'six connections never counted as ended by the client');
+    // The third's end is counted before the open count is lowered: wait for both (a settled scrape).
+    const during = await scrapeUntil(mport, (m) => sample(m, 'socket_proxyd_connections_closed_total{cause="client_end"}') === 6 &&
+      sample(m, 'socket_proxyd_connections_open') === 2 && accounted(m),
+      'six connections never counted as ended by the client, with two left open');
     promtool(during.text);
     const m = during.m;
     const heldBytes = 'held-one'.length + 'held-two'.length + 1;
@@ -260,7 +274,8 @@ test('--metrics: a scrape while traffic flows passes promtool; every counter, ga
       await within(done, 15_000);
     }
     const quiet = await scrapeUntil(mport, (x) => sample(x, 'socket_proxyd_connections_open') === 0 &&
-      sample(x, 'socket_proxyd_connection_duration_seconds_count') === 8, 'the held connections never closed');
+      sample(x, 'socket_proxyd_connection_duration_seconds_count') === 8 &&
+      sample(x, 'socket_proxyd_connections_closed_total{cause="client_end"}') === 8 && accounted(x), 'the held connections never closed');
     assert.equal(sample(quiet.m, 'socket_proxyd_connections_closed_total{cause="client_end"}'), 8);
     assertAccounted(quiet.m);
     assert.deepEqual(await child.stop(), { code: 0, signal: null });
@@ -287,7 +302,8 @@ test('--metrics: upstream failures counted by cause (refused, timeout, resolve) 
         assert.equal(f.up, '0');
         assert.equal(f.connect, undefined);
       }
-      const { m, text } = await scrapeUntil(mport, (x) => sample(x, 'socket_proxyd_upstream_failures_total{cause="refused"}') === 3, 'three refusals');
+      const { m, text } = await scrapeUntil(mport, (x) => sample(x, 'socket_proxyd_upstream_failures_total{cause="refused"}') === 3 &&
+        sample(x, 'socket_proxyd_connection_duration_seconds_count') === 3 && accounted(x), 'three refusals, each with a duration, settled');
       promtool(text);
       for (const cause of FAIL_CAUSES.filter((c) => c !== 'refused')) {
         assert.equal(sample(m, `socket_proxyd_upstream_failures_total{cause="${cause}"}`), 0, cause);
@@ -314,7 +330,8 @@ test('--metrics: upstream failures counted by cause (refused, timeout, resolve) 
         assert.equal(f.upstream, hole.target);
         assert.ok(seconds(f.duration) >= 0.19, `duration ${f.duration} shorter than the connect timeout`);
       }
-      const { m } = await scrapeUntil(mport, (x) => sample(x, 'socket_proxyd_upstream_failures_total{cause="timeout"}') === 2, 'two timeouts');
+      const { m } = await scrapeUntil(mport, (x) => sample(x, 'socket_proxyd_upstream_failures_total{cause="timeout"}') === 2 && accounted(x),
+        'two timeouts, settled');
       assert.equal(sample(m, 'socket_proxyd_upstream_failures_total{cause="refused"}'), 0);
       assertAccounted(m);
     } finally {
@@ -340,7 +357,8 @@ test('--metrics: upstream failures counted by cause (refused, timeout, resolve) 
         assert.equal(f.end, 'connect-failed:no-address');
         assert.equal(f.upstream, '-');
       }
-      const { m } = await scrapeUntil(mport, (x) => sample(x, 'socket_proxyd_upstream_failures_total{cause="resolve"}') === 2, 'two resolve failures');
+      const { m } = await scrapeUntil(mport, (x) => sample(x, 'socket_proxyd_upstream_failures_total{cause="resolve"}') === 2 && accounted(x),
+        'two resolve failures, settled');
       assert.equal(sample(m, 'socket_proxyd_upstream_failures_total{cause="other"}'), 0);
       assertAccounted(m);
     } finally {
@@ -370,7 +388,8 @@ test('--metrics on a UNIX path, no network: an unreachable upstream counted as s
       assert.equal(f.upstream, '192.0.2.1:80');
       assert.equal(f.end, 'connect-failed:unreachable');
     }
-    const { m, text } = await scrapeUntil(metricsPath, (x) => sample(x, 'socket_proxyd_upstream_failures_total{cause="unreachable"}') === 2, 'two unreachable');
+    const { m, text } = await scrapeUntil(metricsPath, (x) => sample(x, 'socket_proxyd_upstream_failures_total{cause="unreachable"}') === 2 &&
+      accounted(x), 'two unreachable, settled');
     promtool(text);
     assert.equal(sample(m, 'socket_proxyd_connections_accepted_total'), 2);
     assertAccounted(m);
@@ -523,7 +542,8 @@ test('access log and metrics: a client that resets while waiting for --connect-r
     assert.equal(f.end, 'client-reset');
     assert.equal(f.connect, undefined);
     assert.ok(seconds(f.duration) < 25, `released at once, not at the retry deadline: ${f.duration}`);
-    const { m } = await scrapeUntil(mport, (x) => sample(x, 'socket_proxyd_connections_open') === 0, 'the waiting client was not released');
+    const { m } = await scrapeUntil(mport, (x) => sample(x, 'socket_proxyd_connections_open') === 0 &&
+      sample(x, 'socket_proxyd_connections_closed_total{cause="client_reset"}') === 1 && accounted(x), 'the waiting client was not released');
     assert.equal(sample(m, 'socket_proxyd_connections_closed_total{cause="client_reset"}'), 1);
     for (const cause of FAIL_CAUSES) assert.equal(sample(m, `socket_proxyd_upstream_failures_total{cause="${cause}"}`), 0, cause);
     assertAccounted(m);
