@@ -380,12 +380,17 @@ test('CLI --udp-timeout=2s: sessions end after 2 s without a datagram (upstream 
   try {
     // The first datagram starts the proxy: one session, one upstream socket, until it expires.
     await udpRequest(socks[0], 'wake up', port, '127.0.0.1', 15_000);
+    // Timed from before a second request in the same session: its reply, the session's last
+    // datagram, comes later, so the session cannot end sooner than 2 s after t1 (the proxy's clock
+    // counts whole milliseconds, hence the 5 ms), and not long after 2 s plus that round trip.
     const t1 = Date.now();
+    await udpRequest(socks[0], 'still here', port);
     const pid = await proxyRunning(child);
     assert.equal(udpSocketsTo(pid, echo.port), 1);
-    assert.ok(await waitFor(() => udpSocketsTo(pid, echo.port) === 0, 10_000), 'the session did not end');
+    assert.ok(await waitFor(() => udpSocketsTo(pid, echo.port) === 0, 15_000), 'the session did not end');
     const took = Date.now() - t1;
-    assert.ok(took >= 1900, `the session ended ${took} ms after its last datagram (--udp-timeout=2s)`);
+    assert.ok(took >= 1995, `the session ended ${took} ms after the request before its last datagram (--udp-timeout=2s)`);
+    assert.ok(took < 8000, `the session ended only ${took} ms after the request before its last datagram (--udp-timeout=2s)`);
     const base = await fdCount(pid);
 
     await Promise.all(socks.map((s, i) => udpRequest(s, `client ${i}`, port)));
@@ -497,8 +502,10 @@ test('--exit-idle-time=1s with --udp-timeout=2s: no exit while a session is open
     while (Date.now() < end) {
       await new Promise((r) => setTimeout(r, 300));
       assert.ok(alive(child), `exited with a session open:\n${child.stderrText}`);
+      // Taken before the request: its reply, the session's last datagram, comes later.
+      const sent = Date.now();
       await udpRequest(client, 'still here', port);
-      last = Date.now();
+      last = sent;
     }
     const r = await within(child.exited, 15_000, `did not exit after the session expired:\n${child.stderrText}`);
     const after = Date.now() - last;
