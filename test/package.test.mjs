@@ -3,8 +3,9 @@
 //
 // `npm pack` runs prepack, which compiles dist/ and the prebuilds (scripts/prebuild.sh
 // all), so a missing prebuild is rebuilt here, and a broken one fails this test.
-// Installing the tarball's dependencies (node-addon-api, node-gyp-build) needs the
-// npm registry.
+// Installing the tarball's dependencies (node-addon-api, node-gyp-build, prom-client) needs the
+// npm registry, or npm's cache: the installs prefer the cache (filled by the project's own
+// npm ci) and retry a failed fetch, so a registry hiccup does not fail the run.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
@@ -28,6 +29,9 @@ function plainEnv(extra = {}) {
   }
   return { ...env, ...extra };
 }
+
+/** npm settings for the installs: packages from the cache when there, fetches retried. */
+const NPM_RESILIENT = { npm_config_prefer_offline: 'true', npm_config_fetch_retries: '5' };
 
 function run(cmd, args, options) {
   const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20, ...options });
@@ -121,7 +125,7 @@ test('installs with no compiler reachable and forwards a socket-activated connec
   fs.symlinkSync(process.execPath, path.join(bin, 'node'));
   fs.symlinkSync(fs.realpathSync(which('npm')), path.join(bin, 'npm'));
   // npm runs install scripts with "sh" from PATH unless told where a shell is.
-  const env = plainEnv({ PATH: bin, CC: 'false', CXX: 'false', npm_config_script_shell: '/bin/sh' });
+  const env = plainEnv({ PATH: bin, CC: 'false', CXX: 'false', npm_config_script_shell: '/bin/sh', ...NPM_RESILIENT });
   const probe = spawnSync('/bin/sh', ['-c', 'for t in cc c++ gcc g++ make python python3 node-gyp; do command -v $t; done; true'], { env, encoding: 'utf8' });
   assert.equal(probe.stdout, '', `tools reachable on the stripped PATH: ${probe.stdout}`);
 
@@ -169,7 +173,7 @@ test('without a matching prebuild, install compiles the addon with node-gyp', as
   // node-gyp needs Node's headers: use the ones installed beside node, so nothing is downloaded
   const prefix = path.dirname(path.dirname(process.execPath));
   const headers = fs.existsSync(path.join(prefix, 'include', 'node', 'common.gypi')) ? { npm_config_nodedir: prefix } : {};
-  const env = plainEnv(headers);
+  const env = plainEnv({ ...headers, ...NPM_RESILIENT });
   const app = path.join(tmp, 'app-compiled');
   fs.mkdirSync(app);
   fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));

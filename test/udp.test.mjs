@@ -123,7 +123,8 @@ test('dig through the socket-activated proxy (ListenDatagram=127.0.0.1:PORT) to 
   const { child, port } = await activateDatagram([`127.0.0.1:${nsd.port}`]);
   try {
     for (const i of [0, 1, 77, 255]) {
-      const a = await dig('127.0.0.1', port, hostName(i), 'A');
+      // The first query also starts the proxy (exec'd by that datagram): a generous timeout for it.
+      const a = await dig('127.0.0.1', port, hostName(i), 'A', { time: i === 0 ? 15 : 5 });
       assert.equal(a.code, 0, a.stdout + a.stderr);
       assert.deepEqual(a.answers, [hostA(i)]);
       const t = await dig('127.0.0.1', port, hostName(i), 'TXT');
@@ -144,7 +145,8 @@ test('dig over IPv6: ListenDatagram=[::1]:PORT to NSD at [::1]:PORT', async () =
   const { child, port } = await activateDatagram([`[::1]:${nsd.port}`], { host: '::1' });
   try {
     for (const i of [3, 200]) {
-      const a = await dig('::1', port, hostName(i), 'A');
+      // The first query also starts the proxy (exec'd by that datagram): a generous timeout for it.
+      const a = await dig('::1', port, hostName(i), 'A', { time: i === 3 ? 15 : 5 });
       assert.equal(a.code, 0, a.stdout + a.stderr);
       assert.deepEqual(a.answers, [hostA(i)]);
       const t = await dig('::1', port, hostName(i), 'TXT');
@@ -159,14 +161,19 @@ test('dig over IPv6: ListenDatagram=[::1]:PORT to NSD at [::1]:PORT', async () =
 test('50 concurrent dig clients through a hostname target (localhost:PORT): each its own answer and its own upstream socket', async () => {
   const { child, port } = await activateDatagram([`localhost:${nsd.port}`]);
   try {
-    const first = await dig('127.0.0.1', port, hostName(100), 'TXT');
+    // Each dig from its own source address (all of 127.0.0.0/8 is loopback): a dig that has exited
+    // frees its random source port, and a later one could get it back and join its session, so
+    // distinct ports alone do not make one session each. The first query also starts the proxy
+    // (exec'd by that datagram): a generous timeout for it.
+    const first = await dig('127.0.0.1', port, hostName(100), 'TXT', { time: 15, extra: ['-b', '127.0.0.2'] });
     assert.deepEqual(first.answers, [hostTxt(100)], first.stdout + first.stderr);
     const pid = await proxyRunning(child);
     const n = 50;
-    const results = await Promise.all(Array.from({ length: n }, (_, i) => dig('127.0.0.1', port, hostName(i), i % 2 ? 'TXT' : 'A', { time: 10 })));
+    const results = await Promise.all(Array.from({ length: n }, (_, i) =>
+      dig('127.0.0.1', port, hostName(i), i % 2 ? 'TXT' : 'A', { time: 10, extra: ['-b', `127.0.0.${10 + i}`] })));
     results.forEach((r, i) => assert.deepEqual(r.answers, [i % 2 ? hostTxt(i) : hostA(i)], `client ${i}: ${r.stdout}${r.stderr}`));
-    // Every dig used its own source port, so each has its own connected upstream socket, open
-    // until --udp-timeout (30 s by default).
+    // Every dig is its own client (source address and port), so each has its own connected
+    // upstream socket, open until --udp-timeout (30 s by default).
     assert.equal(udpSocketsTo(pid, nsd.port), n + 1, 'upstream sockets of the proxy');
     await stopOk(child);
   } finally {
@@ -380,12 +387,17 @@ test('CLI --udp-timeout=2s: sessions end after 2 s without a datagram (upstream 
   try {
     // The first datagram starts the proxy: one session, one upstream socket, until it expires.
     await udpRequest(socks[0], 'wake up', port, '127.0.0.1', 15_000);
+    // Timed from before a second request in the same session: its reply, the session's last
+    // datagram, comes later, so the session cannot end sooner than 2 s after t1 (the proxy's clock
+    // counts whole milliseconds, hence the 5 ms), and not long after 2 s plus that round trip.
     const t1 = Date.now();
+    await udpRequest(socks[0], 'still here', port);
     const pid = await proxyRunning(child);
     assert.equal(udpSocketsTo(pid, echo.port), 1);
-    assert.ok(await waitFor(() => udpSocketsTo(pid, echo.port) === 0, 10_000), 'the session did not end');
+    assert.ok(await waitFor(() => udpSocketsTo(pid, echo.port) === 0, 15_000), 'the session did not end');
     const took = Date.now() - t1;
-    assert.ok(took >= 1900, `the session ended ${took} ms after its last datagram (--udp-timeout=2s)`);
+    assert.ok(took >= 1995, `the session ended ${took} ms after the request before its last datagram (--udp-timeout=2s)`);
+    assert.ok(took < 8000, `the session ended only ${took} ms after the request before its last datagram (--udp-timeout=2s)`);
     const base = await fdCount(pid);
 
     await Promise.all(socks.map((s, i) => udpRequest(s, `client ${i}`, port)));
@@ -497,8 +509,10 @@ test('--exit-idle-time=1s with --udp-timeout=2s: no exit while a session is open
     while (Date.now() < end) {
       await new Promise((r) => setTimeout(r, 300));
       assert.ok(alive(child), `exited with a session open:\n${child.stderrText}`);
+      // Taken before the request: its reply, the session's last datagram, comes later.
+      const sent = Date.now();
       await udpRequest(client, 'still here', port);
-      last = Date.now();
+      last = sent;
     }
     const r = await within(child.exited, 15_000, `did not exit after the session expired:\n${child.stderrText}`);
     const after = Date.now() - last;
@@ -550,7 +564,8 @@ test('wildcard binds (0.0.0.0, and [::] dual-stack): the reply comes from the ad
     children.add(nsdProxy);
     nsdProxy.exited.catch(() => {});
     await waitUdpBound(port);
-    const r = await dig('127.0.0.2', port, hostName(42), 'A');
+    // The first query to this proxy: a generous timeout while node starts.
+    const r = await dig('127.0.0.2', port, hostName(42), 'A', { time: 15 });
     assert.deepEqual(r.answers, [hostA(42)], r.stdout + r.stderr);
     await stopOk(nsdProxy);
     // One client (one source address and port) sending to two addresses of the same socket:
