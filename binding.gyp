@@ -10,6 +10,7 @@
         "native/forwarder.cc",
         "native/histograms.cc",
         "native/js_errors.cc",
+        "native/linger.cc",
         "native/net.cc",
         "native/pipe_pool.cc",
         "native/proxy_header.cc",

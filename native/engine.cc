@@ -127,6 +127,8 @@ void Engine::Init(Napi::Env env, Napi::Object exports) {
   counters.Set("udpBytesToClient", static_cast<double>(kUdpBytesToClient));
   counters.Set("udpDropped", static_cast<double>(kUdpDropped));
   counters.Set("udpUpstreamRefused", static_cast<double>(kUdpUpstreamRefused));
+  counters.Set("socketsLingering", static_cast<double>(kSocketsLingering));
+  counters.Set("lingersGivenUp", static_cast<double>(kLingersGivenUp));
   counters.Set("open", static_cast<double>(kOpen));
   counters.Set("firstWorkerPing", static_cast<double>(WorkerPingSlot(0)));
   exports.Set("COUNTERS", counters);

@@ -60,6 +60,9 @@ enum Counter : unsigned {
   kUdpBytesToClient,
   kUdpDropped,              // not forwarded: a full socket, no session to be had
   kUdpUpstreamRefused,      // ICMP port unreachable from the upstream
+  // Lingering close (linger.h)
+  kSocketsLingering,  // sockets of ended connections kept until the peer acknowledged the last bytes
+  kLingersGivenUp,    // ... closed before it had (after the longest wait, fds short, engine closed)
   // Connections and sessions open: what 'busy'/'idle' and --exit-idle-time follow
   kOpen,
   kCounterCount,
@@ -151,6 +154,7 @@ class Forwarder {
   friend class Shovel;
   friend class AccessLog;
   friend class DatagramForwarder;
+  friend class Linger;
 
   std::shared_ptr<const std::vector<Endpoint>> targets() const;
   void Log(int level, std::string message);
@@ -166,7 +170,8 @@ class Forwarder {
   // A connection or session opened / closed: kOpen, busy periods, activity events.
   void OpenActivity();
   void CloseActivity();
-  // Fds or pipe pages run short: every worker gives back its spare pipes.
+  // Fds or pipe pages run short: every worker gives back its spare pipes
+  // and closes its lingering sockets.
   void ShrinkPipePools();
   // A worker has left the listening sockets for good (StopAccepting, or its end).
   void OnListenersDropped();

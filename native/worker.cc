@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,7 +30,7 @@ constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | 
 // Lifecycle
 
 Worker::Worker(Forwarder* owner, unsigned index)
-    : owner_(owner), index_(index), pool_(owner), shovel_(owner, &pool_), access_log_(owner) {}
+    : owner_(owner), index_(index), pool_(owner), linger_(owner), shovel_(owner, &pool_), access_log_(owner) {}
 
 Worker::~Worker() {
   assert(!all_.linked() && graveyard_.empty());
@@ -53,6 +54,12 @@ std::string Worker::Init(int* error_number) {
   if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return failed("epoll_ctl(eventfd)");
   for (int fd : owner_->config_.listeners) listeners_.push_back(std::make_unique<ListenerWatch>(fd));
   if (!pool_.Init()) return failed("pipe2");
+  // A quarter of the fd limit, shared by the workers, may go to lingering
+  // sockets (if the limit cannot be read, Linger's default stands).
+  rlimit fd_limit{};
+  if (getrlimit(RLIMIT_NOFILE, &fd_limit) == 0 && fd_limit.rlim_cur != RLIM_INFINITY) {
+    linger_.set_capacity(std::max<size_t>(16, fd_limit.rlim_cur / 4 / owner_->config_.workers));
+  }
   if (!AddListeners()) return failed("epoll_ctl(listener)");
   const std::vector<int>& datagram_fds = owner_->config_.datagram_listeners;
   std::vector<int> mine;
@@ -158,6 +165,7 @@ void Worker::OnWake() {
   if (shrinks != pool_shrinks_seen_) {
     pool_shrinks_seen_ = shrinks;
     pool_.ShrinkToReserve();
+    linger_.GiveUpAll();
   }
   if (!owner_->accepting_.load(std::memory_order_acquire) && !acked_stop_accepting_) AckStopAccepting();
 }
@@ -218,6 +226,7 @@ int Worker::NextTimeoutMs(int64_t now) const {
   if (idle_.linked()) consider(idle_.first()->last_active + owner_->config_.idle_timeout_ms);
   consider(resume_accept_at_);
   consider(pool_.next_trim_at());
+  consider(linger_.next_check_at());
   consider(access_log_.next_flush_at());
   if (datagram_) consider(datagram_->next_deadline());
   if (deadline < 0) return -1;
@@ -270,6 +279,7 @@ void Worker::RunTimers(int64_t now) {
     if (owner_->accepting_.load(std::memory_order_acquire)) ResumeAccepting();
   }
   pool_.Trim(now);
+  linger_.Run(now);
 }
 
 // ---------------------------------------------------------------------------
@@ -322,6 +332,7 @@ void Worker::PauseAccepting(int err) {
   // pipes hold fds too: every worker gives them back.
   DropListeners();
   pool_.ShrinkToReserve();
+  linger_.GiveUpAll();
   owner_->ShrinkPipePools();
   int64_t now = NowMs();
   resume_accept_at_ = now + kRetryAfterShortageMs;
@@ -554,7 +565,7 @@ void Worker::CloseSide(Side* side, CloseHow how) {
   }
   if (how == CloseHow::kReset) {
     ResetAndClose(side->fd);
-  } else {
+  } else if (!linger_.Adopt(side->fd, NowMs())) {
     CloseFd(side->fd);
   }
   side->fd = -1;
@@ -641,6 +652,7 @@ void Worker::Close(Connection* c, CloseHow how, EndCause cause, int connect_erro
 // told so with a reset rather than an end that would look complete.
 void Worker::CloseAll() {
   while (all_.linked()) Close(all_.first(), CloseHow::kReset, EndCause::kDrain);
+  linger_.GiveUpAll();
   if (datagram_) datagram_->Stop();
   BuryClosed();
 }

@@ -21,6 +21,7 @@
 #include "connection.h"
 #include "datagram.h"
 #include "forwarder.h"
+#include "linger.h"
 #include "list.h"
 #include "pipe_pool.h"
 #include "shovel.h"
@@ -132,6 +133,7 @@ class Worker {
   std::vector<Connection*> graveyard_;  // closed; freed after the event batch
 
   PipePool pool_;
+  Linger linger_;
   Shovel shovel_;
   AccessLog access_log_;
   // The datagram sockets this worker owns (one worker per socket), if any.

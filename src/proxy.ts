@@ -138,6 +138,14 @@ export interface ProxyStats {
   udpDropped: number;
   /** ICMP port unreachable reports from the upstream. */
   udpUpstreamRefused: number;
+  /**
+   * Sockets of connections that ended cleanly, kept open until their peer has acknowledged the
+   * last bytes sent to it (closed sockets with unacknowledged data are what the kernel resets when
+   * TCP memory runs short). Not counted in `active`.
+   */
+  socketsLingering: number;
+  /** Lingering sockets closed before their peer had acknowledged everything: after 60 s, when fds ran short, or at close(). */
+  lingersGivenUp: number;
 }
 
 const RESOLVE_RETRY_MS = 1000;

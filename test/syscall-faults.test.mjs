@@ -171,17 +171,17 @@ const summary = (results) => ({
 
 const portOf = (proxy) => Number(proxy.listeners[0].address.split(':').pop());
 
-/** fds of the engine process that are not spare pipes (those come and go with the pool). */
+/** fds of the engine process that are not spare pipes or lingering sockets (those come and go). */
 async function fdsLessSpares(proxy) {
   const stats = await proxy.stats();
-  return (await fdCount(proxy.pid)) - 2 * stats.pipesPooled;
+  return (await fdCount(proxy.pid)) - 2 * stats.pipesPooled - stats.socketsLingering;
 }
 
-/** Waits until the engine is at rest: nothing open, no pipe in use, spares back to the reserve. */
+/** Waits until the engine is at rest: nothing open or lingering, no pipe in use, spares back to the reserve. */
 async function atRest(proxy, ms = 20_000) {
   return waitFor(async () => {
     const s = await proxy.stats();
-    return s.active === 0 && s.pipesInUse === 0 && s.pipesPooled <= 2 * WORKERS;
+    return s.active === 0 && s.socketsLingering === 0 && s.pipesInUse === 0 && s.pipesPooled <= 2 * WORKERS;
   }, ms, 50);
 }
 
