@@ -67,6 +67,11 @@ void Forwarder::ShrinkPipePools() {
   for (auto& worker : workers_) worker->Wake();
 }
 
+void Forwarder::GiveUpLingering() {
+  linger_give_ups_.fetch_add(1, std::memory_order_release);
+  for (auto& worker : workers_) worker->Wake();
+}
+
 std::shared_ptr<const std::vector<Endpoint>> Forwarder::targets() const {
   std::lock_guard<std::mutex> lock(targets_mutex_);
   return targets_;

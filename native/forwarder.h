@@ -170,9 +170,11 @@ class Forwarder {
   // A connection or session opened / closed: kOpen, busy periods, activity events.
   void OpenActivity();
   void CloseActivity();
-  // Fds or pipe pages run short: every worker gives back its spare pipes
-  // and closes its lingering sockets.
+  // Fds or pipe pages run short: every worker gives back its spare pipes.
   void ShrinkPipePools();
+  // Fds or memory run short: every worker closes its lingering sockets (they
+  // hold fds and socket memory, not pipe pages).
+  void GiveUpLingering();
   // A worker has left the listening sockets for good (StopAccepting, or its end).
   void OnListenersDropped();
   void CloseListenersLocked();
@@ -202,7 +204,8 @@ class Forwarder {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> accepting_{true};
   std::atomic<uint64_t> ping_seq_{0};
-  std::atomic<uint64_t> pool_shrinks_{0};  // ShrinkPipePools requests so far
+  std::atomic<uint64_t> pool_shrinks_{0};    // ShrinkPipePools requests so far
+  std::atomic<uint64_t> linger_give_ups_{0};  // GiveUpLingering requests so far
 
   // One "out of fds" log line per episode, not one per attempt: an episode
   // ends after a second with no shortage.

@@ -21,19 +21,29 @@ namespace {
 // when the kernel cannot say (nothing to wait for then).
 bool HasUnacknowledgedData(int fd) {
   int queued = 0;
-  if (ioctl(fd, SIOCOUTQ, &queued) < 0) return false;
-  // The FIN takes a sequence number: 1 is the FIN alone, no data behind it.
-  if (queued <= 1) return false;
+  if (ioctl(fd, SIOCOUTQ, &queued) < 0 || queued == 0) return false;
   tcp_info info{};
   socklen_t length = sizeof info;
   if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) < 0) return false;
-  return info.tcpi_state != TCP_CLOSE;
+  switch (info.tcpi_state) {
+    case TCP_CLOSE:
+      return false;
+    // The sending side was shut down: its FIN takes a sequence number too, so
+    // 1 is the FIN alone.
+    case TCP_FIN_WAIT1:
+    case TCP_CLOSING:
+    case TCP_LAST_ACK:
+      return queued > 1;
+    default:
+      return true;
+  }
 }
 
 }  // namespace
 
 Linger::~Linger() {
-  // Only if the worker never ran its loop to the end (that gives up on them, counted).
+  // Empty in practice: a worker's loop ends by giving up on every lingering
+  // socket (counted), and one that never ran adopted none. Closed regardless.
   for (const Entry& e : heap_) CloseFd(e.fd);
 }
 

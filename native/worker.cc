@@ -54,11 +54,12 @@ std::string Worker::Init(int* error_number) {
   if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) < 0) return failed("epoll_ctl(eventfd)");
   for (int fd : owner_->config_.listeners) listeners_.push_back(std::make_unique<ListenerWatch>(fd));
   if (!pool_.Init()) return failed("pipe2");
-  // A quarter of the fd limit, shared by the workers, may go to lingering
-  // sockets (if the limit cannot be read, Linger's default stands).
+  // A quarter of the fd limit (at least 16), shared by the workers, may go to
+  // lingering sockets (if the limit cannot be read, Linger's default stands).
   rlimit fd_limit{};
   if (getrlimit(RLIMIT_NOFILE, &fd_limit) == 0 && fd_limit.rlim_cur != RLIM_INFINITY) {
-    linger_.set_capacity(std::max<size_t>(16, fd_limit.rlim_cur / 4 / owner_->config_.workers));
+    size_t total = std::max<size_t>(16, fd_limit.rlim_cur / 4);
+    linger_.set_capacity(std::max<size_t>(1, total / owner_->config_.workers));
   }
   if (!AddListeners()) return failed("epoll_ctl(listener)");
   const std::vector<int>& datagram_fds = owner_->config_.datagram_listeners;
@@ -165,6 +166,10 @@ void Worker::OnWake() {
   if (shrinks != pool_shrinks_seen_) {
     pool_shrinks_seen_ = shrinks;
     pool_.ShrinkToReserve();
+  }
+  uint64_t give_ups = owner_->linger_give_ups_.load(std::memory_order_acquire);
+  if (give_ups != linger_give_ups_seen_) {
+    linger_give_ups_seen_ = give_ups;
     linger_.GiveUpAll();
   }
   if (!owner_->accepting_.load(std::memory_order_acquire) && !acked_stop_accepting_) AckStopAccepting();
@@ -329,11 +334,12 @@ void Worker::DropListeners() {
 void Worker::PauseAccepting(int err) {
   // Out of fds (or kernel memory): clients wait in the backlog. Retrying at
   // once would spin, so stop listening for a moment and try again. Spare
-  // pipes hold fds too: every worker gives them back.
+  // pipes and lingering sockets hold fds too: every worker gives them up.
   DropListeners();
   pool_.ShrinkToReserve();
   linger_.GiveUpAll();
   owner_->ShrinkPipePools();
+  owner_->GiveUpLingering();
   int64_t now = NowMs();
   resume_accept_at_ = now + kRetryAfterShortageMs;
   owner_->last_shortage_ms_.store(now, std::memory_order_relaxed);
@@ -560,12 +566,15 @@ bool Worker::WatchSide(Side* side) {
 void Worker::CloseSide(Side* side, CloseHow how) {
   if (side->fd < 0) return;
   // ENOENT: it never joined (its epoll_ctl(ADD) is what failed).
+  bool left = true;
   if (epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, side->fd, nullptr) < 0 && errno != ENOENT) {
+    left = false;
     LogThrottled(&error_log_, kLogError, std::string("epoll_ctl(DEL ") + side->name + "): " + ErrnoText(errno));
   }
   if (how == CloseHow::kReset) {
     ResetAndClose(side->fd);
-  } else if (!linger_.Adopt(side->fd, NowMs())) {
+  } else if (!left || !linger_.Adopt(side->fd, NowMs())) {
+    // (Still in the epoll set, a kept socket would report to a freed connection: closed now.)
     CloseFd(side->fd);
   }
   side->fd = -1;

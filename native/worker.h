@@ -116,7 +116,8 @@ class Worker {
   std::vector<std::unique_ptr<ListenerWatch>> listeners_;
   bool acked_stop_accepting_ = false;
   int64_t resume_accept_at_ = 0;  // 0: not paused
-  uint64_t pool_shrinks_seen_ = 0;  // Forwarder::pool_shrinks_ last acted on
+  uint64_t pool_shrinks_seen_ = 0;      // Forwarder::pool_shrinks_ last acted on
+  uint64_t linger_give_ups_seen_ = 0;   // Forwarder::linger_give_ups_ last acted on
 
   Link<Connection> all_;
   Link<Connection> connects_;      // Wait::kConnect, by deadline

@@ -285,6 +285,7 @@ async function sample(phase) {
     bytesToClient: c.bytesToClient,
     pipes: `${c.pipesInUse}/${c.pipesPooled}`,
     pooled: c.pipesPooled,
+    lingering: c.socketsLingering ?? 0,
     clientsOpen: openClients,
     status: lastStatus(),
   };
@@ -592,8 +593,11 @@ async function settleDown(base, ms) {
     const pid = proxy.pid;
     const fds = fs.readdirSync(`/proc/${pid}/fd`).length;
     const threads = fs.readdirSync(`/proc/${pid}/task`).length;
+    // Spare pipes aside; the baseline's lingering sockets (ended connections whose last bytes were
+    // still on their way) too, while any lingering now must be gone.
     const quiet = c && c.active === 0 && c.pipesInUse === 0 &&
-      (!base || (fds - 2 * c.pipesPooled <= base.fds - 2 * base.pooled && c.pipesPooled <= 2 * WORKERS && threads <= base.threads));
+      (!base || (fds - 2 * c.pipesPooled <= base.fds - 2 * base.pooled - base.lingering &&
+        c.pipesPooled <= 2 * WORKERS && threads <= base.threads));
     if (quiet || Date.now() > end) return;
     await sleep(250);
   }
@@ -666,9 +670,10 @@ try {
   // The pipe pool keeps up to two spare pipes per worker for good (README, How it works); a worker
   // may not have had them yet at the baseline. Those aside, every fd must be gone.
   const poolFloor = 2 * WORKERS;
-  check(`fds back to the baseline once idle (spare pipes aside: at most ${poolFloor}, ${2 * poolFloor} fds)`,
-    last.fds - 2 * last.pooled <= base.fds - 2 * base.pooled && last.pooled <= poolFloor,
-    `${base.fds} → ${last.fds}; without the ${base.pooled} → ${last.pooled} spare pipes: ${base.fds - 2 * base.pooled} → ${last.fds - 2 * last.pooled}`);
+  check(`fds back to the baseline once idle (spare pipes aside: at most ${poolFloor}, ${2 * poolFloor} fds; no socket left lingering)`,
+    last.fds - 2 * last.pooled <= base.fds - 2 * base.pooled - base.lingering && last.pooled <= poolFloor,
+    `${base.fds} → ${last.fds}; without the ${base.pooled} → ${last.pooled} spare pipes and the baseline's ${base.lingering} lingering sockets: ` +
+    `${base.fds - 2 * base.pooled - base.lingering} → ${last.fds - 2 * last.pooled} (${last.lingering} lingering at the end)`);
   check('threads back to the baseline once idle', last.threads <= base.threads, `${base.threads} → ${last.threads}`);
   const growthMiB = (last.rssKiB - base.rssKiB) / 1024;
   const asanNote = ASAN_QUARANTINE_MIB ? ` + ${ASAN_QUARANTINE_MIB} MiB ASan quarantine` : '';

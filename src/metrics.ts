@@ -124,7 +124,7 @@ export function proxyRegistry(source: MetricsSource): PromClient.Registry {
   add('workers', 'Forwarding threads.', 'gauge', () => [{ value: source.workers() }]);
   add('sockets_lingering', 'Sockets of connections that ended cleanly, kept open until the peer has acknowledged the last bytes sent to it.', 'gauge',
     one(K.socketsLingering));
-  add('lingers_given_up_total', 'Lingering sockets closed before the peer had acknowledged everything (after 60 s, fds short, or the engine closing).', 'counter',
+  add('lingers_given_up_total', 'Lingering sockets closed before the peer had acknowledged everything (after 60 s, past a quarter of the fd limit, fds or memory short, or the engine closing).', 'counter',
     one(K.lingersGivenUp));
 
   const histograms = addon.HISTOGRAMS;

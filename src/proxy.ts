@@ -144,7 +144,7 @@ export interface ProxyStats {
    * TCP memory runs short). Not counted in `active`.
    */
   socketsLingering: number;
-  /** Lingering sockets closed before their peer had acknowledged everything: after 60 s, when fds ran short, or at close(). */
+  /** Lingering sockets closed before their peer had acknowledged everything: after 60 s, past a quarter of the fd limit, when fds or memory ran short, or at close(). */
   lingersGivenUp: number;
 }
 
