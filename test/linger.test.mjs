@@ -11,7 +11,7 @@ import http from 'node:http';
 import net from 'node:net';
 
 import { SocketProxy } from '../dist/index.js';
-import { reap, spawnTool } from './fault-helpers.mjs';
+import { engineChild, reap, spawnTool, straceAttach, workerThreadIds } from './fault-helpers.mjs';
 import {
   activateProxy,
   activateReference,
@@ -48,7 +48,7 @@ const answering = (payload) =>
  * until read() is called: the reply piles up in the kernel (its receive buffer, the proxy's send
  * buffer). read() resolves {data, ended, error} once the stream is over; end() half-closes.
  */
-async function slowReader(port, { halfClose = true } = {}) {
+async function slowReader(port, { halfClose = true, request = 'GET\n' } = {}) {
   const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
   socket.pause();
   await within(new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject)), 10_000, 'no connect');
@@ -61,8 +61,8 @@ async function slowReader(port, { halfClose = true } = {}) {
     socket.on('error', (e) => (error = e.code ?? String(e)));
     socket.on('close', () => resolve({ data: Buffer.concat(chunks), ended, error }));
   });
-  if (halfClose) socket.end('GET\n');
-  else socket.write('GET\n');
+  if (halfClose) socket.end(request);
+  else socket.write(request);
   return {
     localPort: socket.localPort,
     end: () => socket.end(),
@@ -324,6 +324,52 @@ test('at most a quarter of the fd limit lingers (64 of 256 with one thread): pas
   } finally {
     for (const c of clients) c.destroy();
     await reap(child);
+    upstream.close();
+  }
+});
+
+test('pipes refused their size (F_SETPIPE_SZ failing, as over fs.pipe-user-pages-soft) leave a lingering socket alone: it holds no pipe pages', { timeout: 120_000 }, async () => {
+  const payload = pattern(REPLY, 15);
+  const big = pattern(8 * MiB, 16);
+  // "BIG" gets more than the kernel's buffers hold: its connection keeps a pipe full while unread.
+  const upstream = await startServerWith({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => {});
+    s.once('data', (d) => s.end(d.toString().startsWith('BIG') ? big : payload));
+    s.resume();
+  });
+  const proxy = await engineChild({ listen: [{ host: '127.0.0.1', port: 0 }], targets: [{ host: '127.0.0.1', port: upstream.port }], workers: 1, logLevel: 6 });
+  const port = Number(proxy.listeners[0].address.split(':').pop());
+  const clients = [];
+  let strace;
+  try {
+    const slow = await slowReader(port);
+    clients.push(slow);
+    assert.ok(await waitFor(async () => (await proxy.stats()).socketsLingering === 1, 20_000), JSON.stringify(await proxy.stats()));
+    // Every F_SETPIPE_SZ fails from now on (the pool's fcntl calls alternate: set, then get the size),
+    // while 12 readers of a big reply each hold a full pipe: more than the pool holds spare.
+    strace = await straceAttach(workerThreadIds(proxy.pid), ['trace=fcntl', 'inject=fcntl:error=EPERM:when=1+2']);
+    const stuck = [];
+    for (let i = 0; i < 12; i++) stuck.push(await slowReader(port, { request: 'BIG\n' }));
+    clients.push(...stuck);
+    assert.ok(await waitFor(async () => (await proxy.stats()).pipesInUse >= 12, 20_000), JSON.stringify(await proxy.stats()));
+    for (const r of await Promise.all(stuck.map((c) => c.read()))) {
+      assert.deepEqual({ bytes: r.data.length, error: r.error }, { bytes: big.length, error: null });
+      assert.equal(sha256(r.data), sha256(big));
+    }
+    const trace = await strace.stop();
+    strace = null;
+    assert.ok(/F_SETPIPE_SZ.*\(INJECTED\)/.test(trace), `no F_SETPIPE_SZ failed:\n${trace.slice(0, 2000)}`);
+    assert.ok(proxy.logs.some((l) => /Pipes are smaller/.test(l.message)), 'no warning about small pipes');
+    // The big readers' sockets come and go; the slow reader's stays, never given up.
+    assert.ok(await waitFor(async () => (await proxy.stats()).socketsLingering === 1, 15_000), JSON.stringify(await proxy.stats()));
+    assert.equal((await proxy.stats()).lingersGivenUp, 0);
+    const { data } = await slow.read();
+    assert.equal(sha256(data), sha256(payload));
+    assert.ok(await waitFor(async () => (await proxy.stats()).socketsLingering === 0, 15_000));
+  } finally {
+    await strace?.stop();
+    for (const c of clients) c.destroy();
+    await proxy.close();
     upstream.close();
   }
 });
