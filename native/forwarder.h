@@ -62,7 +62,7 @@ enum Counter : unsigned {
   kUdpUpstreamRefused,      // ICMP port unreachable from the upstream
   // Lingering close (linger.h)
   kSocketsLingering,  // sockets of ended connections kept until the peer acknowledged the last bytes
-  kLingersGivenUp,    // ... closed before it had (after the longest wait, fds short, engine closed)
+  kLingersGivenUp,    // ... closed before it had (longest wait, over capacity, fds or memory short, engine closed)
   // Connections and sessions open: what 'busy'/'idle' and --exit-idle-time follow
   kOpen,
   kCounterCount,

@@ -8,8 +8,9 @@
 // The connection itself is over (counted, logged, its place free); only the
 // fd stays, watched by nothing but a backoff timer that asks the kernel how
 // much is still unacknowledged. Lingering is given up (the socket closed as it
-// would have been, the kernel finishing the delivery) after kMaxLingerMs, when
-// fds run short, and when the engine closes.
+// would have been, the kernel finishing the delivery) after kMaxLingerMs, past
+// the capacity (a quarter of the fd limit), when fds or memory run short, and
+// when the engine closes.
 #pragma once
 
 #include <cstddef>
